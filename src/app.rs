@@ -1,0 +1,183 @@
+//! The app: shared state, the router assembled from each feature's
+//! `router()`, and [`serve`], which runs the HTTP server with its background
+//! tasks (hub fetcher, LISTEN session, sweep) until shutdown.
+//!
+//! Owns lifecycle only. It must never hold feature logic: handlers live with
+//! their feature.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRef;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::Router;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Keys;
+use crate::hub::Hub;
+use crate::listener::{Health, Listener};
+use crate::{db, health, inbox, publish, stream};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Request pool: every query a request makes borrows from here.
+    pub pool: PgPool,
+    /// Live events per recipient.
+    pub hub: Hub,
+    /// Verifies client tokens.
+    pub keys: Keys,
+    /// Whether hints are flowing, for `/readyz`.
+    pub health: Health,
+    pub streams: StreamSettings,
+    /// Bounds how many streams read history at once (see `stream`).
+    pub catch_up: Arc<Semaphore>,
+    /// Cancelled on shutdown: streams end so the server can drain.
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Keys {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct StreamSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+}
+
+/// Everything [`serve`] needs, resolved (no embedded-database decisions).
+pub struct Settings {
+    pub database: PgConnectOptions,
+    pub pool_size: u32,
+    pub jwt_secret: Vec<u8>,
+    pub streams: StreamSettings,
+    pub listener_check: Duration,
+    pub sweep_interval: Duration,
+    pub catch_up_concurrency: usize,
+    /// Browser origins allowed to call the API from another site.
+    pub cors_origins: Vec<HeaderValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("applying migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("serving HTTP failed: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Applies migrations, then serves on `listener` until `shutdown` is
+/// cancelled; open streams end cleanly so clients reconnect and resume.
+pub async fn serve(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let pool = db::pool(settings.database.clone().application_name("tidings"), settings.pool_size);
+    migrate_when_reachable(&pool, &shutdown).await?;
+    let state = AppState {
+        hub: Hub::new(pool.clone()),
+        keys: Keys::new(&settings.jwt_secret),
+        health: Health::default(),
+        streams: settings.streams,
+        catch_up: Arc::new(Semaphore::new(settings.catch_up_concurrency.max(1))),
+        shutdown: shutdown.clone(),
+        pool,
+    };
+    let background = spawn_background(&state, &settings);
+    let app = router(state, &settings.cors_origins);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    Ok(served?)
+}
+
+/// A database still starting (say, in the same compose file) is waited
+/// for; one that stays away for a minute is an error.
+async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> Result<(), ServeError> {
+    let mut attempts = 0;
+    loop {
+        match db::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(error)) if attempts < 60 && is_unreachable(&error) => {
+                tracing::warn!(%error, "database not reachable yet; retrying");
+            }
+            Err(error) => return Err(error.into()),
+        }
+        attempts += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+}
+
+fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+    let listener = Listener {
+        options: settings.database.clone().application_name("tidings-listener"),
+        pool: state.pool.clone(),
+        hub: state.hub.clone(),
+        health: state.health.clone(),
+        check_every: settings.listener_check,
+    };
+    vec![
+        tokio::spawn(state.hub.clone().run(state.shutdown.clone())),
+        tokio::spawn(listener.run(state.shutdown.clone())),
+        tokio::spawn(sweep(state.hub.clone(), settings.sweep_interval, state.shutdown.clone())),
+    ]
+}
+
+/// Compares every open stream with the table now and then, so that even a
+/// hint lost without the LISTEN session noticing delays delivery by at most
+/// one interval.
+async fn sweep(hub: Hub, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => hub.hint_everyone(),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let mut app = Router::new()
+        .merge(stream::router())
+        .merge(inbox::router())
+        .merge(publish::router())
+        .merge(health::router())
+        .with_state(state)
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    if !cors_origins.is_empty() {
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
+                .allow_credentials(true)
+                .allow_methods([Method::GET, Method::POST])
+                .allow_headers([
+                    axum::http::header::AUTHORIZATION,
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderName::from_static("last-event-id"),
+                ]),
+        );
+    }
+    app
+}

@@ -1,0 +1,127 @@
+//! Config: the command line. One clap struct per subcommand; every flag can
+//! also be set from the environment variable named in `--help`, and the doc
+//! comments below *are* that help text.
+//!
+//! Owns parsing and defaults only; it must never open files or connections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// tidings: notifications your app INSERTs with SQL, delivered to browsers
+/// over Server-Sent Events, resumable without loss.
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options for `serve`, which is also what a bare `tidings` runs.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Print a signed JWT for a recipient, e.g. to try the API with curl.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL connection URL. Without it, tidings runs a private
+    /// PostgreSQL cluster from the installed server binaries, kept in
+    /// --data-dir and reachable only through a Unix socket there.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Where the embedded cluster keeps its data (used only without
+    /// --database-url). Its URL is written to <data-dir>/DATABASE_URL.
+    #[arg(long, env = "TIDINGS_DATA_DIR", default_value = ".tidings")]
+    pub data_dir: PathBuf,
+
+    /// Most database connections the request pool opens. The LISTEN
+    /// connection comes on top of these.
+    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address and port to serve HTTP on.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that verifies client tokens. Without it a random secret
+    /// is made for this process and a demo URL with a token is logged.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// How often an idle stream gets a comment line, so proxies keep it open.
+    #[arg(long, env = "TIDINGS_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// The reconnect delay suggested to browsers in the stream's `retry:` field.
+    #[arg(long, env = "TIDINGS_RETRY", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry: Duration,
+
+    /// How often the service checks, through the LISTEN connection itself,
+    /// that hints still arrive; a check unanswered for this long again makes
+    /// it rebuild the connection (and catch every stream up from the table).
+    #[arg(long, env = "TIDINGS_LISTENER_CHECK", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub listener_check: Duration,
+
+    /// How often every recipient with an open stream is compared with the
+    /// table even without a hint: the bound on delivery delay should a hint
+    /// ever be lost.
+    #[arg(long, env = "TIDINGS_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Most streams reading history (replay or catch-up) from the database at
+    /// once; the rest wait their turn, so a reconnect storm cannot take every
+    /// pool connection.
+    #[arg(long, env = "TIDINGS_CATCH_UP_CONCURRENCY", default_value_t = 8)]
+    pub catch_up_concurrency: usize,
+
+    /// Browser origins (e.g. https://app.example.com) allowed to call the API
+    /// from another site, cookies included. Comma-separated; none by default.
+    #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The recipient the token speaks for (its `sub` claim).
+    #[arg(long)]
+    pub sub: String,
+
+    /// Extra roles: `publisher` may POST notifications, `auditor` may read
+    /// the audit API. Repeat for several.
+    #[arg(long = "role", value_enum)]
+    pub roles: Vec<Role>,
+
+    /// How long the token is valid, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+
+    /// HS256 secret to sign with; must match the service's.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+}
+
+/// What a token may do beyond reading its own recipient's notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Publisher,
+    Auditor,
+}

@@ -1,0 +1,33 @@
+//! The database connection: the request pool and the migrations.
+//!
+//! Owns how tidings connects; it must never hold a connection for a client
+//! longer than one query (streams borrow a connection per page, never for
+//! their lifetime), so the pool size bounds database load, not stream count.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Connection options for `url`, labelled so operators can tell tidings'
+/// sessions apart in `pg_stat_activity`.
+pub fn options(url: &str, application_name: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url)?.application_name(application_name))
+}
+
+/// The request pool. Connections are made lazily, so a database that is
+/// down at start only delays readiness rather than failing the process.
+pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    MIGRATOR.run(pool).await
+}

@@ -1,0 +1,376 @@
+//! The embedded database: a private PostgreSQL cluster that tidings runs
+//! from the machine's installed server binaries when no `DATABASE_URL` is
+//! given, so `cargo run` and `cargo test` need nothing set up.
+//!
+//! It owns the cluster's whole life: finding the binaries, `initdb` on first
+//! use, starting, and stopping - also when tidings dies without stopping it
+//! (a watchdog process does that). The cluster listens on no TCP port, only
+//! on a Unix socket inside the data directory. PostgreSQL refuses to run as
+//! root, so as root the cluster runs as an unprivileged user. This module
+//! must never touch a data directory another live tidings process holds.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::unistd::{Uid, User};
+
+/// Where the socket lives relative to the cluster's data; PostgreSQL resolves
+/// it against its own working directory, the data directory.
+const PGDATA: &str = "pgdata";
+/// The role `initdb` creates as superuser; the URL logs in as it.
+const SUPERUSER: &str = "tidings";
+/// Linux refuses Unix socket paths longer than this (sun_path is 108 bytes).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "tidings runs its own PostgreSQL when no --database-url / DATABASE_URL is given, \
+         but found no PostgreSQL server binaries (initdb, pg_ctl, postgres) on PATH, \
+         through `pg_config --bindir`, or under /usr/lib/postgresql/*/bin. Install them \
+         (Debian/Ubuntu: `apt-get install postgresql`; Fedora: `dnf install \
+         postgresql-server`; macOS: `brew install postgresql@16`), or point tidings at an \
+         existing server with --database-url."
+    )]
+    NoBinaries,
+    #[error("the data directory {0} is in use by another tidings process")]
+    InUse(PathBuf),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{what} failed ({status}):\n{output}")]
+    Command {
+        what: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("{0}")]
+    Unusable(String),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
+    let what = what.into();
+    move |source| EmbeddedError::Io { what, source }
+}
+
+/// How the cluster is run.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Skip fsync: for throwaway test clusters only, never for real data.
+    pub fast_and_unsafe: bool,
+    /// Remove the whole data directory once the cluster has stopped.
+    pub remove_when_stopped: bool,
+}
+
+/// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it
+/// down; if tidings dies instead, the watchdog shuts it down.
+pub struct EmbeddedPostgres {
+    /// Absolute path of the cluster's data (`<data-dir>/pgdata`).
+    pgdata: PathBuf,
+    /// Where initdb, pg_ctl and postgres were found.
+    bindir: PathBuf,
+    /// Who the server runs as: `None` when tidings itself is not root.
+    run_as: Option<User>,
+    url: String,
+    /// Held for our lifetime: a second tidings on the same directory fails
+    /// fast instead of stopping our cluster.
+    _lock: Flock<File>,
+    /// The watchdog reads this pipe; it sees end-of-file when we exit for any
+    /// reason, and then stops the postmaster.
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+impl EmbeddedPostgres {
+    /// Starts (creating on first use) the cluster kept in `data_dir`.
+    pub fn start(data_dir: &Path, options: &Options) -> Result<Self, EmbeddedError> {
+        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        fs::create_dir_all(data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(io_error(format!("resolving {}", data_dir.display())))?;
+        let lock = lock_dir(&data_dir)?;
+        let mut cluster = Self {
+            pgdata: data_dir.join(PGDATA),
+            bindir,
+            run_as: unprivileged_user()?,
+            url: String::new(),
+            _lock: lock,
+            watchdog: None,
+        };
+        cluster.check_socket_path()?;
+        if !cluster.pgdata.join("PG_VERSION").exists() {
+            cluster.init(&data_dir)?;
+        }
+        cluster.stop_orphan()?;
+        cluster.launch(&data_dir, options)?;
+        cluster.url = format!(
+            "postgres:///postgres?host={}&user={SUPERUSER}",
+            percent_encode(&cluster.pgdata.to_string_lossy())
+        );
+        let url_file = data_dir.join("DATABASE_URL");
+        fs::write(&url_file, format!("{}\n", cluster.url))
+            .map_err(io_error(format!("writing {}", url_file.display())))?;
+        Ok(cluster)
+    }
+
+    /// The connection URL; also written to `<data-dir>/DATABASE_URL`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Fast shutdown: open sessions are ended, committed data is kept.
+    pub fn stop(mut self) -> Result<(), EmbeddedError> {
+        let result = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"], "stopping PostgreSQL");
+        // Closing the pipe releases the watchdog (whose kill now finds nothing).
+        drop(self.watchdog.take());
+        result.map(drop)
+    }
+
+    fn check_socket_path(&self) -> Result<(), EmbeddedError> {
+        let socket = self.pgdata.join(".s.PGSQL.5432");
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(EmbeddedError::Unusable(format!(
+                "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes Unix allows; \
+                 choose a shorter --data-dir",
+                socket.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `initdb` into a scratch directory, renamed into place only once
+    /// complete, so an interrupted first start leaves nothing half-made.
+    fn init(&self, data_dir: &Path) -> Result<(), EmbeddedError> {
+        let scratch = data_dir.join("pgdata.initdb");
+        let _ = fs::remove_dir_all(&scratch);
+        self.make_dir_for_server(&scratch)?;
+        let mut initdb = self.command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&scratch)
+            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"])
+            .arg("--no-instructions");
+        run(initdb, "initdb")?;
+        // Only the socket, only inside the data directory: nothing else on
+        // the machine can reach this cluster except its owner and root.
+        let settings = "\n# Set by tidings: reachable only through a Unix socket in this directory.\n\
+                        listen_addresses = ''\nunix_socket_directories = '.'\n";
+        OpenOptions::new()
+            .append(true)
+            .open(scratch.join("postgresql.conf"))
+            .and_then(|mut conf| conf.write_all(settings.as_bytes()))
+            .map_err(io_error("writing postgresql.conf"))?;
+        fs::rename(&scratch, &self.pgdata).map_err(io_error("moving the new cluster into place"))
+    }
+
+    /// A postmaster still running here was left by a tidings that died; its
+    /// watchdog may be stopping it right now. Stop it (again) and wait.
+    fn stop_orphan(&self) -> Result<(), EmbeddedError> {
+        let status = self.command("pg_ctl").arg("status").arg("-D").arg(&self.pgdata).output();
+        if status.is_ok_and(|out| out.status.success()) {
+            tracing::warn!("stopping a PostgreSQL left running by an earlier tidings");
+            let _ = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"], "stopping the old PostgreSQL");
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, data_dir: &Path, options: &Options) -> Result<(), EmbeddedError> {
+        let log = data_dir.join("postgres.log");
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io_error(format!("creating {}", log.display())))?;
+        self.hand_over(&log)?;
+        let mut server_options = String::from("-c max_connections=200");
+        if options.fast_and_unsafe {
+            server_options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        }
+        let log_arg = log.to_string_lossy().into_owned();
+        self.pg_ctl(
+            &["start", "-w", "-t", "120", "-l", &log_arg, "-o", &server_options],
+            "starting PostgreSQL",
+        )?;
+        let pid = self.postmaster_pid()?;
+        let remove = options.remove_when_stopped.then_some(data_dir);
+        self.watchdog = Some(spawn_watchdog(pid, remove)?);
+        Ok(())
+    }
+
+    fn postmaster_pid(&self) -> Result<String, EmbeddedError> {
+        let pidfile = self.pgdata.join("postmaster.pid");
+        let text = fs::read_to_string(&pidfile).map_err(io_error(format!("reading {}", pidfile.display())))?;
+        text.lines()
+            .next()
+            .map(|line| line.trim().to_owned())
+            .filter(|pid| pid.parse::<u32>().is_ok())
+            .ok_or_else(|| EmbeddedError::Unusable(format!("{} has no pid", pidfile.display())))
+    }
+
+    fn pg_ctl(&self, args: &[&str], what: &str) -> Result<Output, EmbeddedError> {
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.pgdata).args(args);
+        run(pg_ctl, what)
+    }
+
+    /// A server binary, run as the cluster's user, from a directory that user
+    /// can enter (the data directory's parent may be private to root).
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bindir.join(program));
+        command.stdin(Stdio::null()).current_dir("/");
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        command
+    }
+
+    fn make_dir_for_server(&self, dir: &Path) -> Result<(), EmbeddedError> {
+        fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        self.hand_over(dir)
+    }
+
+    /// Gives `path` to the cluster's user, and checks that user can reach it.
+    fn hand_over(&self, path: &Path) -> Result<(), EmbeddedError> {
+        let Some(user) = &self.run_as else { return Ok(()) };
+        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .map_err(io_error(format!("giving {} to user {}", path.display(), user.name)))?;
+        let mut probe = Command::new("/bin/sh");
+        probe.args(["-c", "test -r \"$0\""]).arg(path).current_dir("/");
+        probe.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        match probe.status() {
+            Ok(status) if status.success() => Ok(()),
+            _ => Err(EmbeddedError::Unusable(format!(
+                "PostgreSQL refuses to run as root, so it runs as user {}, which cannot reach {}. \
+                 Choose a --data-dir that user can reach (every parent directory needs o+x), \
+                 e.g. under /var/lib or /tmp.",
+                user.name,
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Runs `command`, turning a non-zero exit into an error carrying its output.
+fn run(mut command: Command, what: &str) -> Result<Output, EmbeddedError> {
+    let output = command.output().map_err(io_error(format!("running {what}")))?;
+    if output.status.success() {
+        return Ok(output);
+    }
+    Err(EmbeddedError::Command {
+        what: what.to_owned(),
+        status: output.status,
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    })
+}
+
+/// The watchdog is a shell that waits for end-of-file on its stdin - which
+/// comes when this process exits, however it exits - then stops exactly the
+/// postmaster we started (by pid, so it can never stop a newer one), and
+/// optionally removes the data directory.
+fn spawn_watchdog(pid: String, remove: Option<&Path>) -> Result<(Child, ChildStdin), EmbeddedError> {
+    const SCRIPT: &str = r#"trap '' INT TERM HUP
+read -r _ignored
+kill -INT "$1" 2>/dev/null
+if [ -n "$2" ]; then
+  while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
+  rm -rf "$2"
+fi"#;
+    let remove = remove.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut child = Command::new("/bin/sh")
+        .args(["-c", SCRIPT, "tidings-watchdog", &pid, &remove])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/")
+        .process_group(0) // out of the terminal's reach: ctrl-c is ours to handle
+        .spawn()
+        .map_err(io_error("starting the PostgreSQL watchdog"))?;
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| EmbeddedError::Unusable("the watchdog has no stdin".into()))?;
+    Ok((child, stdin))
+}
+
+fn lock_dir(data_dir: &Path) -> Result<Flock<File>, EmbeddedError> {
+    let path = data_dir.join("tidings.lock");
+    let file = File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| EmbeddedError::InUse(data_dir.to_owned()))
+}
+
+/// PostgreSQL will not run as root: pick the `postgres` user, else `nobody`.
+fn unprivileged_user() -> Result<Option<User>, EmbeddedError> {
+    if !Uid::effective().is_root() {
+        return Ok(None);
+    }
+    ["postgres", "nobody"]
+        .iter()
+        .find_map(|name| User::from_name(name).ok().flatten())
+        .map(Some)
+        .ok_or_else(|| {
+            EmbeddedError::Unusable(
+                "running as root, but there is neither a `postgres` nor a `nobody` user \
+                 to run PostgreSQL as"
+                    .into(),
+            )
+        })
+}
+
+/// Finds initdb, pg_ctl and postgres: on PATH, through `pg_config --bindir`,
+/// or in the newest /usr/lib/postgresql/<version>/bin (Debian's layout).
+pub fn find_bindir() -> Option<PathBuf> {
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    on_path
+        .into_iter()
+        .chain(from_pg_config)
+        .chain(debian_bindirs())
+        .find(|dir| has_all(dir))
+}
+
+/// /usr/lib/postgresql/*/bin, newest major version first.
+fn debian_bindirs() -> Vec<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.into_iter().map(|(_, dir)| dir).collect()
+}
+
+/// Percent-encodes a socket directory for the `host` query parameter.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,155 @@
+//! Events: a recipient's log as streams see it - notifications and read marks
+//! in `seq` order - and the two queries that read it.
+//!
+//! Owns the wire form of an event (its SSE name and one-line JSON), built
+//! once per event and shared by every stream that sends it. It must never
+//! write: the log is appended to by SQL clients and by the inbox only.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sqlx::types::Json;
+use sqlx::PgPool;
+
+/// One event ready to send: what a stream needs, nothing more.
+#[derive(Debug)]
+pub struct Event {
+    /// The recipient's position after this event; the SSE `id`.
+    pub seq: i64,
+    pub name: EventName,
+    /// One line of JSON: the SSE `data`.
+    pub data: Box<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventName {
+    Notification,
+    Read,
+    /// The client's position was beyond the log (e.g. after a restore).
+    Reset,
+}
+
+impl EventName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Notification => "notification",
+            Self::Read => "read",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+impl Event {
+    /// Tells a client its position was unknown and it now stands at `position`.
+    pub fn reset(position: i64) -> Self {
+        Self {
+            seq: position,
+            name: EventName::Reset,
+            data: format!(r#"{{"position":{position}}}"#).into(),
+        }
+    }
+}
+
+/// A row of the `tidings.events` view.
+struct LogRow {
+    recipient: String,
+    seq: i64,
+    event_type: String,
+    id: i64,
+    kind: Option<String>,
+    payload: Option<Json<Box<RawValue>>>,
+    notification_ids: Option<Vec<i64>>,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct NotificationData<'a> {
+    id: i64,
+    seq: i64,
+    recipient: &'a str,
+    kind: &'a str,
+    payload: &'a RawValue,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ReadData<'a> {
+    seq: i64,
+    recipient: &'a str,
+    ids: &'a [i64],
+    created_at: DateTime<Utc>,
+}
+
+impl LogRow {
+    fn into_event(self) -> (String, Arc<Event>) {
+        let (name, data) = if self.event_type == "read" {
+            let data = ReadData {
+                seq: self.seq,
+                recipient: &self.recipient,
+                ids: self.notification_ids.as_deref().unwrap_or_default(),
+                created_at: self.created_at,
+            };
+            (EventName::Read, serde_json::to_string(&data))
+        } else {
+            let empty = RawValue::NULL;
+            let data = NotificationData {
+                id: self.id,
+                seq: self.seq,
+                recipient: &self.recipient,
+                kind: self.kind.as_deref().unwrap_or_default(),
+                payload: self.payload.as_ref().map_or(empty, |json| &json.0),
+                created_at: self.created_at,
+            };
+            (EventName::Notification, serde_json::to_string(&data))
+        };
+        // Serializing borrowed strings and a pre-validated RawValue cannot fail.
+        let data = data.unwrap_or_default().into_boxed_str();
+        let event = Event { seq: self.seq, name, data };
+        (self.recipient, Arc::new(event))
+    }
+}
+
+/// For each `(recipients[i], after[i])`, that recipient's next events with
+/// `seq > after[i]`, at most `limit` each, in `seq` order. One query serves
+/// every recipient of a burst: the hub's way to fetch a row once for all.
+pub async fn after(
+    pool: &PgPool,
+    recipients: &[String],
+    after: &[i64],
+    limit: i64,
+) -> Result<Vec<(String, Arc<Event>)>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        LogRow,
+        r#"
+        SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.type AS "event_type!",
+               e.id AS "id!", e.kind, e.payload AS "payload: Json<Box<RawValue>>",
+               e.notification_ids, e.created_at AS "created_at!"
+          FROM unnest($1::text[], $2::int8[]) AS wanted (recipient, after)
+         CROSS JOIN LATERAL (
+               SELECT * FROM tidings.events ev
+                WHERE ev.recipient = wanted.recipient AND ev.seq > wanted.after
+                ORDER BY ev.seq
+                LIMIT $3) e
+         ORDER BY e.recipient, e.seq
+        "#,
+        recipients,
+        after,
+        limit,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(LogRow::into_event).collect())
+}
+
+/// The recipient's latest `seq` (0 when it has none): its current position.
+pub async fn position(pool: &PgPool, recipient: &str) -> Result<i64, sqlx::Error> {
+    let position = sqlx::query_scalar!(
+        "SELECT last_seq FROM tidings.recipients WHERE recipient = $1",
+        recipient
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(position.unwrap_or(0))
+}

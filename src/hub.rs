@@ -1,0 +1,256 @@
+//! The listener hub: turns hints ("recipient X has new events") into events
+//! fanned out to every open stream of X, fetching each row from the table
+//! once per burst however many streams want it.
+//!
+//! Each recipient with at least one open stream has a [`Channel`]: a bounded
+//! broadcast buffer shared by its streams, plus the `seq` up to which the hub
+//! has fetched. Hints only mark recipients as pending; one fetcher task turns
+//! all pending recipients into a single query and sends what it read.
+//!
+//! The hub must never wait for a client: sending into a full buffer
+//! overwrites the oldest event, and a stream that misses events that way
+//! notices (it sees a lag, or a jump in `seq`) and reads them from the table
+//! at its own pace. So memory per recipient is bounded by the buffer, and a
+//! slow client slows only itself.
+
+use std::collections::{HashMap, HashSet};
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{broadcast, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{self, Event};
+
+/// Events buffered per recipient for its streams. A burst larger than this
+/// makes streams catch up from the table instead; a small buffer keeps an
+/// idle recipient cheap (the buffer is allocated up front).
+const BUFFER: usize = 64;
+/// Most events fetched per recipient per round; a recipient with more is
+/// fetched again in the next round, so one busy recipient cannot hog a round.
+const FETCH_LIMIT: i64 = BUFFER as i64;
+/// Most recipients per fetch query, to keep each query short.
+const BATCH: usize = 1000;
+
+/// Cheap to clone: every clone is the same hub.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    pool: PgPool,
+    /// Recipients with open streams. Locked briefly, never across an await.
+    channels: Mutex<HashMap<Arc<str>, Channel>>,
+    /// Recipients hinted at but not fetched yet.
+    pending: Mutex<Pending>,
+    /// Wakes the fetcher; holds a permit if nobody waits, so no hint is lost.
+    wake: Notify,
+}
+
+struct Channel {
+    sender: broadcast::Sender<Arc<Event>>,
+    /// Everything up to here has been sent (or predates the first stream).
+    fetched: i64,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Set after a reconnect, a sweep, or an oversized hint: fetch for all.
+    everyone: bool,
+    recipients: HashSet<Arc<str>>,
+}
+
+/// One stream's registration with the hub. Dropping it unregisters; the last
+/// one for a recipient removes the recipient's channel.
+pub struct Subscription {
+    recipient: Arc<str>,
+    receiver: broadcast::Receiver<Arc<Event>>,
+    hub: Arc<Shared>,
+}
+
+/// What a stream learns from its subscription.
+pub enum Live {
+    Event(Arc<Event>),
+    /// The buffer overflowed before this stream read it: read the table.
+    Lagged,
+    /// The hub is gone (shutting down).
+    Closed,
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Live {
+        match self.receiver.recv().await {
+            Ok(event) => Live::Event(event),
+            Err(broadcast::error::RecvError::Lagged(_)) => Live::Lagged,
+            Err(broadcast::error::RecvError::Closed) => Live::Closed,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = lock(&self.hub.channels);
+        // Our own receiver is still alive here, hence `1`.
+        let last = channels
+            .get(&self.recipient)
+            .is_some_and(|channel| channel.sender.receiver_count() <= 1);
+        if last {
+            channels.remove(&self.recipient);
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                channels: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Pending::default()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// Registers a stream for `recipient`'s live events. `position` is the
+    /// recipient's position as read *before* this call: if this is the first
+    /// stream, the hub fetches from there, so nothing committed after that
+    /// read can be missed. Events the stream already has are its to drop.
+    pub fn subscribe(&self, recipient: &str, position: i64) -> Subscription {
+        let mut channels = lock(&self.shared.channels);
+        let (recipient, channel) = match channels.get_key_value(recipient) {
+            Some((name, channel)) => (name.clone(), channel),
+            None => {
+                let name: Arc<str> = recipient.into();
+                let (sender, _) = broadcast::channel(BUFFER);
+                let channel = Channel { sender, fetched: position };
+                (name.clone(), &*channels.entry(name).or_insert(channel))
+            }
+        };
+        Subscription {
+            receiver: channel.sender.subscribe(),
+            recipient,
+            hub: self.shared.clone(),
+        }
+    }
+
+    /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
+    /// Anything else (such as another instance's listener check) is ignored.
+    pub fn hint(&self, payload: &str) {
+        if payload == "*" {
+            return self.hint_everyone();
+        }
+        let Ok(recipients) = serde_json::from_str::<Vec<String>>(payload) else {
+            return;
+        };
+        let channels = lock(&self.shared.channels);
+        let mut pending = lock(&self.shared.pending);
+        for recipient in recipients {
+            if let Some((name, _)) = channels.get_key_value(recipient.as_str()) {
+                pending.recipients.insert(name.clone());
+            }
+        }
+        drop((channels, pending));
+        self.shared.wake.notify_one();
+    }
+
+    /// Makes every open stream's recipient be compared with the table: after
+    /// the listener (re)connects, hints sent meanwhile are lost.
+    pub fn hint_everyone(&self) {
+        lock(&self.shared.pending).everyone = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// How many recipients have open streams.
+    pub fn recipients(&self) -> usize {
+        lock(&self.shared.channels).len()
+    }
+
+    /// The fetcher: runs until `shutdown`, turning pending hints into events.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                _ = shutdown.cancelled() => break,
+            }
+            while let Some(batch) = self.take_batch() {
+                if let Err(error) = self.fetch(&batch).await {
+                    tracing::warn!(%error, "fetching events failed; retrying");
+                    self.requeue(batch);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+        // Dropping the senders ends every stream's wait.
+        lock(&self.shared.channels).clear();
+    }
+
+    /// Up to [`BATCH`] pending recipients that still have streams, each with
+    /// the seq to fetch after.
+    fn take_batch(&self) -> Option<Vec<(Arc<str>, i64)>> {
+        let channels = lock(&self.shared.channels);
+        let mut pending = lock(&self.shared.pending);
+        let wanted: Vec<Arc<str>> = if mem::take(&mut pending.everyone) {
+            pending.recipients.clear();
+            channels.keys().cloned().collect()
+        } else {
+            pending.recipients.drain().collect()
+        };
+        let mut batch: Vec<(Arc<str>, i64)> = wanted
+            .into_iter()
+            .filter_map(|name| channels.get(&name).map(|c| (name, c.fetched)))
+            .collect();
+        if batch.len() > BATCH {
+            pending.recipients.extend(batch.drain(BATCH..).map(|(name, _)| name));
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn requeue(&self, batch: Vec<(Arc<str>, i64)>) {
+        lock(&self.shared.pending)
+            .recipients
+            .extend(batch.into_iter().map(|(name, _)| name));
+    }
+
+    /// One query for the whole batch; each event is sent once into its
+    /// recipient's channel, to be shared by all that recipient's streams.
+    async fn fetch(&self, batch: &[(Arc<str>, i64)]) -> Result<(), sqlx::Error> {
+        let names: Vec<String> = batch.iter().map(|(name, _)| name.to_string()).collect();
+        let after: Vec<i64> = batch.iter().map(|(_, fetched)| *fetched).collect();
+        let rows = events::after(&self.shared.pool, &names, &after, FETCH_LIMIT).await?;
+
+        let mut fetched_per_recipient: HashMap<String, i64> = HashMap::new();
+        let mut channels = lock(&self.shared.channels);
+        for (recipient, event) in rows {
+            *fetched_per_recipient.entry(recipient.clone()).or_default() += 1;
+            let Some(channel) = channels.get_mut(recipient.as_str()) else { continue };
+            if event.seq > channel.fetched {
+                channel.fetched = event.seq;
+                // An error only means no stream is listening right now.
+                let _ = channel.sender.send(event);
+            }
+        }
+        drop(channels);
+
+        // A recipient that filled its limit may have more: go again.
+        let mut pending = lock(&self.shared.pending);
+        for (recipient, count) in fetched_per_recipient {
+            if count >= FETCH_LIMIT {
+                pending.recipients.insert(recipient.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The hub's locks guard plain maps that no panic can leave half-updated,
+/// so a poisoned lock is still safe to use.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

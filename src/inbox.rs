@@ -1,0 +1,165 @@
+//! Inbox: `GET /v1/notifications` (a recipient's notifications, newest
+//! first, with the unread count and the position to stream from), and the
+//! read marks `POST /v1/notifications/{id}/read` and `.../read-all`.
+//!
+//! Marking read appends a read event to `tidings.reads`; the database's
+//! trigger keeps only notifications that are the caller's and still unread,
+//! so both calls are idempotent and can never touch another recipient's
+//! notifications. This module must never change a notification row.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::types::Json as SqlJson;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::error::AppError;
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/notifications", get(list))
+        .route("/v1/notifications/read-all", post(read_all))
+        .route("/v1/notifications/{id}/read", post(read_one))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Inbox {
+    items: Vec<Item>,
+    unread_count: i64,
+    /// The recipient's latest seq as of this very list: stream from here.
+    position: i64,
+}
+
+#[derive(Serialize)]
+struct Item {
+    id: i64,
+    seq: i64,
+    kind: String,
+    payload: SqlJson<Box<RawValue>>,
+    created_at: DateTime<Utc>,
+    read_at: Option<DateTime<Utc>>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Inbox>, AppError> {
+    let limit = number_param("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(AppError::BadRequest(format!("limit must be from 1 to {MAX_LIMIT}")));
+    }
+    let before = number_param("before", query.before.as_deref())?;
+
+    // One snapshot for the items and the position, so that "list, then
+    // stream from position" can neither miss nor repeat an event.
+    let mut tx = state.pool.begin().await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        ?;
+    let counts = sqlx::query!(
+        "SELECT last_seq, notifications - read AS \"unread!\" FROM tidings.recipients WHERE recipient = $1",
+        caller.recipient
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let items = sqlx::query_as!(
+        Item,
+        r#"
+        SELECT n.id, n.seq, n.kind, n.payload AS "payload: SqlJson<Box<RawValue>>",
+               n.created_at, m.read_at AS "read_at?"
+          FROM tidings.notifications n
+          LEFT JOIN tidings.read_marks m ON m.notification_id = n.id
+         WHERE n.recipient = $1 AND ($2::int8 IS NULL OR n.seq < $2)
+         ORDER BY n.seq DESC
+         LIMIT $3
+        "#,
+        caller.recipient,
+        before,
+        limit
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+
+    Ok(Json(Inbox {
+        items,
+        unread_count: counts.as_ref().map_or(0, |c| c.unread),
+        position: counts.map_or(0, |c| c.last_seq),
+    }))
+}
+
+/// Parses an optional non-negative integer query parameter.
+fn number_param(name: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| AppError::BadRequest(format!("{name} must be a whole number, got {text:?}"))),
+    }
+}
+
+async fn read_one(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, AppError> {
+    let not_found = || AppError::NotFound(format!("no notification {id} for this recipient"));
+    let id: i64 = id.parse().map_err(|_| not_found())?;
+    let exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM tidings.notifications WHERE id = $1 AND recipient = $2) AS "exists!""#,
+        id,
+        caller.recipient
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    if !exists {
+        return Err(not_found());
+    }
+    // Already read: the trigger appends nothing, and this is still a 204.
+    sqlx::query!(
+        "INSERT INTO tidings.reads (recipient, notification_ids) VALUES ($1, ARRAY[$2::int8])",
+        caller.recipient,
+        id
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Marks everything up to the recipient's current position read, as one
+/// read event (or none, if nothing was unread).
+async fn read_all(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, AppError> {
+    sqlx::query!(
+        r#"
+        INSERT INTO tidings.reads (recipient, notification_ids)
+        SELECT $1, array_agg(n.id ORDER BY n.id)
+          FROM tidings.notifications n
+         WHERE n.recipient = $1
+           AND NOT EXISTS (SELECT 1 FROM tidings.read_marks m WHERE m.notification_id = n.id)
+        HAVING count(*) > 0
+        "#,
+        caller.recipient
+    )
+    .execute(&state.pool)
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,40 @@
+//! tidings: notifications that backend apps append with a plain SQL
+//! `INSERT`, pushed to browsers over Server-Sent Events, resumable from any
+//! position without loss or duplication. The database is the log.
+//!
+//! How a notification travels, and where each step lives:
+//!
+//! - [`config`]: the command line (`serve`, `migrate`, `token`).
+//! - [`embedded`]: the private PostgreSQL cluster used when no
+//!   `DATABASE_URL` is given.
+//! - [`db`]: the request pool and the migrations in `migrations/` - the
+//!   schema, whose triggers assign each event its per-recipient `seq` and
+//!   send a NOTIFY hint at commit.
+//! - [`listener`]: the single LISTEN session that receives those hints.
+//! - [`hub`]: turns hints into events, fetched once per burst and fanned out
+//!   to every open stream of the recipient.
+//! - [`events`]: a recipient's log (notifications and read marks) as streams
+//!   see it, and the queries that read it.
+//! - [`stream`]: `GET /v1/stream`, Server-Sent Events with resume.
+//! - [`inbox`]: the notification list, unread count and read marks.
+//! - [`publish`]: `POST /v1/notifications` for publishers without SQL access.
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`auth`]: JWT verification; the only source of a recipient.
+//! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
+//! - [`app`]: shared state, the router, and the server's lifecycle.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod embedded;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod hub;
+pub mod inbox;
+pub mod listener;
+pub mod publish;
+pub mod stream;

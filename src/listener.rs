@@ -1,0 +1,144 @@
+//! The LISTEN connection: one dedicated PostgreSQL session per tidings
+//! process that receives the hints the triggers send, and hands them to the
+//! hub.
+//!
+//! NOTIFY is fire-and-forget: hints sent while this session is down are
+//! lost. So this module never lets the session recover silently. Whenever a
+//! session ends - dropped, killed, or found deaf by the periodic check that
+//! sends a NOTIFY to itself and waits for the echo - it builds a new one and
+//! then has the hub compare every open stream with the table. It must never
+//! await anything a client controls.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::time::{sleep, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+
+/// The channel the triggers NOTIFY on.
+pub const CHANNEL: &str = "tidings";
+/// Longest we wait to connect, or for any single query.
+const DB_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether hints are flowing; shared with `/readyz`.
+#[derive(Clone, Default)]
+pub struct Health {
+    listening: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    fn set_listening(&self, up: bool) {
+        self.listening.store(up, Ordering::Relaxed);
+    }
+}
+
+pub struct Listener {
+    /// Connection options for the LISTEN session (its own application_name).
+    pub options: PgConnectOptions,
+    /// The request pool, used to send the echo checks.
+    pub pool: PgPool,
+    pub hub: Hub,
+    pub health: Health,
+    /// How often to check that hints still arrive.
+    pub check_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionEnded {
+    #[error("{0}")]
+    Database(#[from] sqlx::Error),
+    #[error("timed out talking to PostgreSQL")]
+    Timeout(#[from] tokio::time::error::Elapsed),
+    #[error("the connection was lost")]
+    Lost,
+    #[error("no echo of our check within {0:?}: the connection is deaf")]
+    Deaf(Duration),
+}
+
+impl Listener {
+    /// Keeps a LISTEN session up until `shutdown`, rebuilding it as needed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let result = self.session(&shutdown).await;
+            self.health.set_listening(false);
+            if let Err(error) = result {
+                tracing::warn!(%error, "LISTEN session ended; reconnecting");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = shutdown.cancelled() => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// One LISTEN session: returns when it can no longer be trusted.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionEnded> {
+        // A pool of one, private to this session: when the session is
+        // abandoned, its connection goes with it instead of being reused.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(DB_TIMEOUT)
+            .connect_lazy_with(self.options.clone());
+        let mut listener = timeout(DB_TIMEOUT, PgListener::connect_with(&pool)).await??;
+        timeout(DB_TIMEOUT, listener.listen(CHANNEL)).await??;
+
+        self.health.set_listening(true);
+        self.hub.hint_everyone();
+        tracing::info!("listening for hints");
+
+        let mut check = tokio::time::interval(self.check_every);
+        check.tick().await; // the first tick is immediate
+        let mut awaiting: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                received = listener.try_recv() => match received? {
+                    Some(hint) if awaiting.as_deref() == Some(hint.payload()) => {
+                        awaiting = None;
+                    }
+                    Some(hint) => self.hub.hint(hint.payload()),
+                    // sqlx would reconnect by itself; we want to know.
+                    None => return Err(SessionEnded::Lost),
+                },
+                _ = check.tick() => {
+                    if awaiting.is_some() {
+                        return Err(SessionEnded::Deaf(self.check_every));
+                    }
+                    let token = format!("check:{}", uuid::Uuid::new_v4());
+                    self.send_check(&token).await;
+                    awaiting = Some(token);
+                }
+            }
+        }
+    }
+
+    /// NOTIFY ourselves through the request pool. If that fails the database
+    /// is probably down; the missing echo then ends the session.
+    async fn send_check(&self, token: &str) {
+        let sent = timeout(
+            DB_TIMEOUT,
+            sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, token).execute(&self.pool),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::debug!("could not send the listener check");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The `tidings` binary: parses the command line and wires the library's
+//! parts together. Nothing here that a test would want to call.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use tidings::app::{self, Settings, StreamSettings};
+use tidings::auth::Keys;
+use tidings::config::{Cli, Command, DatabaseArgs, ServeArgs, TokenArgs};
+use tidings::db;
+use tidings::embedded::{EmbeddedPostgres, Options};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "tidings=info,tower_http=warn,sqlx=warn".into()),
+        )
+        .init();
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Migrate(args)) => migrate(args).await,
+        Some(Command::Token(args)) => token(args),
+    }
+}
+
+/// The database to use: the given URL, or the embedded cluster's.
+fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
+    if let Some(url) = &args.database_url {
+        return Ok((url.clone(), None));
+    }
+    let cluster = EmbeddedPostgres::start(&args.data_dir, &Options::default())
+        .context("starting the embedded PostgreSQL")?;
+    tracing::info!(url = cluster.url(), "embedded PostgreSQL is up (psql \"$(cat {}/DATABASE_URL)\")", args.data_dir.display());
+    Ok((cluster.url().to_owned(), Some(cluster)))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
+    let jwt_secret = jwt_secret(&args)?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!("serving on http://{}", listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let settings = Settings {
+        database: db::options(&url, "tidings").context("parsing the database URL")?,
+        pool_size: args.database.db_pool_size,
+        jwt_secret,
+        streams: StreamSettings { heartbeat: args.heartbeat, retry: args.retry },
+        listener_check: args.listener_check,
+        sweep_interval: args.sweep_interval,
+        catch_up_concurrency: args.catch_up_concurrency,
+        cors_origins: cors_origins(&args.cors_origins)?,
+    };
+    let served = app::serve(settings, listener, shutdown).await;
+    if let Some(cluster) = cluster {
+        tokio::task::block_in_place(|| cluster.stop()).context("stopping the embedded PostgreSQL")?;
+    }
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The configured secret, or a random one for this process plus a demo link.
+fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
+    if let Some(secret) = &args.jwt_secret {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = Keys::new(secret.as_bytes()).issue("demo", &[], Duration::from_secs(24 * 3600))?;
+    tracing::warn!("no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only");
+    tracing::info!(
+        "demo recipient `demo`: open http://{}/?access_token={token} or stream with: curl -N 'http://{}/v1/stream?access_token={token}'",
+        args.listen,
+        args.listen
+    );
+    Ok(secret.into_bytes())
+}
+
+fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>> {
+    origins
+        .iter()
+        .map(|origin| origin.parse().with_context(|| format!("invalid CORS origin {origin:?}")))
+        .collect()
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch for SIGTERM");
+            let _ = ctrl_c.await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: ending streams, then stopping");
+    shutdown.cancel();
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<()> {
+    let (url, cluster) = tokio::task::block_in_place(|| database(&args))?;
+    let pool = db::pool(db::options(&url, "tidings-migrate")?, 1);
+    let migrated = db::migrate(&pool).await.context("applying migrations");
+    pool.close().await;
+    if let Some(cluster) = cluster {
+        tokio::task::block_in_place(|| cluster.stop())?;
+    }
+    migrated?;
+    println!("migrations applied");
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> Result<()> {
+    let token = Keys::new(args.jwt_secret.as_bytes()).issue(&args.sub, &args.roles, args.ttl)?;
+    println!("{token}");
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! Streams: `GET /v1/stream`, a recipient's events as Server-Sent Events,
+//! resumable from any position without a gap or a duplicate.
+//!
+//! A stream registers with the hub *before* it reads history, so an event is
+//! always either in what it reads or in what the hub sends it afterwards -
+//! usually both, which is why it then sends only `seq = sent + 1`: anything
+//! lower is a duplicate and dropped, anything higher means it missed
+//! something and reads the table from `sent` on. The table is the truth; the
+//! hub is only the fast path.
+//!
+//! Once the response has started, nothing here turns a database problem
+//! into an HTTP error (a browser's EventSource gives up for good on a
+//! non-200): the stream waits and retries, and heartbeats keep flowing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures_util::Stream;
+
+use crate::app::AppState;
+use crate::auth::{query_param, Caller};
+use crate::error::AppError;
+use crate::events::{self, Event};
+use crate::hub::Live;
+
+/// Events read from the table per query while replaying or catching up.
+const PAGE: i64 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/stream", get(stream))
+}
+
+async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<impl IntoResponse, AppError> {
+    let position = requested_position(&headers, uri.query())?;
+    let events = follow(state.clone(), caller.recipient, position);
+    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.streams.heartbeat));
+    // Tells nginx (and proxies that copy it) not to buffer the stream.
+    let no_buffering = (
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    Ok(([no_buffering], sse))
+}
+
+/// The position to resume after: the `Last-Event-ID` header (what browsers
+/// send on reconnect) wins over the `last_event_id` query parameter.
+pub fn requested_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>, AppError> {
+    let header = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| AppError::BadRequest("Last-Event-ID must be a number".into()))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let raw = header.or_else(|| query_param(query.unwrap_or(""), "last_event_id"));
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => parse_position(text).map(Some),
+    }
+}
+
+fn parse_position(text: &str) -> Result<i64, AppError> {
+    let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    text.parse::<i64>().ok().filter(|_| valid).ok_or_else(|| {
+        AppError::BadRequest(format!(
+            "Last-Event-ID must be a whole number from 0 to {}, got {text:?}",
+            i64::MAX
+        ))
+    })
+}
+
+/// The stream of one connection: the `retry:` advice, then a `reset` if the
+/// client was ahead of the log, then history after its position, then live.
+fn follow(
+    state: AppState,
+    recipient: String,
+    position: Option<i64>,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        yield Ok(SseEvent::default().retry(state.streams.retry));
+        let Some(latest) = retry_until_shutdown(&state, || events::position(&state.pool, &recipient)).await else { return };
+        let mut subscription = state.hub.subscribe(&recipient, latest);
+        let mut sent = match position {
+            Some(position) if position > latest => {
+                yield Ok(to_sse(&Event::reset(latest)));
+                latest
+            }
+            Some(position) => position,
+            None => latest,
+        };
+        loop {
+            // Catch up from the table until it has nothing more...
+            loop {
+                let page = retry_until_shutdown(&state, || read_page(&state, &recipient, sent)).await;
+                let Some(page) = page else { return };
+                let complete = (page.len() as i64) < PAGE;
+                for event in page {
+                    sent = event.seq;
+                    yield Ok(to_sse(&event));
+                }
+                if complete { break }
+            }
+            // ...then follow the hub until it skips something.
+            loop {
+                let live = tokio::select! {
+                    live = subscription.next() => live,
+                    _ = state.shutdown.cancelled() => return,
+                };
+                match live {
+                    Live::Event(event) if event.seq <= sent => continue,
+                    Live::Event(event) if event.seq == sent + 1 => {
+                        sent = event.seq;
+                        yield Ok(to_sse(&event));
+                    }
+                    Live::Event(_) | Live::Lagged => break,
+                    Live::Closed => return,
+                }
+            }
+        }
+    }
+}
+
+/// One page of history after `sent`, waiting for a catch-up slot first so a
+/// reconnect storm queues here instead of exhausting the pool.
+async fn read_page(state: &AppState, recipient: &str, sent: i64) -> Result<Vec<Arc<Event>>, sqlx::Error> {
+    let _slot = state.catch_up.acquire().await;
+    let rows = events::after(&state.pool, &[recipient.to_owned()], &[sent], PAGE).await?;
+    Ok(rows.into_iter().map(|(_, event)| event).collect())
+}
+
+/// Runs `query` until it succeeds, or returns `None` on shutdown. A stream
+/// rides out database trouble instead of failing: its client could only
+/// reconnect and land here again.
+async fn retry_until_shutdown<T, F, Fut>(state: &AppState, mut query: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        tokio::select! {
+            result = query() => match result {
+                Ok(value) => return Some(value),
+                Err(error) => tracing::warn!(%error, "stream query failed; retrying"),
+            },
+            _ = state.shutdown.cancelled() => return None,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = state.shutdown.cancelled() => return None,
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.name.as_str())
+        .data(&*event.data)
+}
