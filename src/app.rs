@@ -78,8 +78,15 @@ pub enum ServeError {
 
 /// Applies migrations, then serves on `listener` until `shutdown` is
 /// cancelled; open streams end cleanly so clients reconnect and resume.
-pub async fn serve(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let pool = db::pool(settings.database.clone().application_name("tidings"), settings.pool_size);
+pub async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let pool = db::pool(
+        settings.database.clone().application_name("tidings"),
+        settings.pool_size,
+    );
     migrate_when_reachable(&pool, &shutdown).await?;
     let state = AppState {
         hub: Hub::new(pool.clone()),
@@ -104,12 +111,17 @@ pub async fn serve(settings: Settings, listener: TcpListener, shutdown: Cancella
 
 /// A database still starting (say, in the same compose file) is waited
 /// for; one that stays away for a minute is an error.
-async fn migrate_when_reachable(pool: &PgPool, shutdown: &CancellationToken) -> Result<(), ServeError> {
+async fn migrate_when_reachable(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<(), ServeError> {
     let mut attempts = 0;
     loop {
         match db::migrate(pool).await {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(error)) if attempts < 60 && is_unreachable(&error) => {
+            Err(sqlx::migrate::MigrateError::Execute(error))
+                if attempts < 60 && is_unreachable(&error) =>
+            {
                 tracing::warn!(%error, "database not reachable yet; retrying");
             }
             Err(error) => return Err(error.into()),
@@ -128,7 +140,10 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
 
 fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
     let listener = Listener {
-        options: settings.database.clone().application_name("tidings-listener"),
+        options: settings
+            .database
+            .clone()
+            .application_name("tidings-listener"),
         pool: state.pool.clone(),
         hub: state.hub.clone(),
         health: state.health.clone(),
@@ -137,7 +152,11 @@ fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::J
     vec![
         tokio::spawn(state.hub.clone().run(state.shutdown.clone())),
         tokio::spawn(listener.run(state.shutdown.clone())),
-        tokio::spawn(sweep(state.hub.clone(), settings.sweep_interval, state.shutdown.clone())),
+        tokio::spawn(sweep(
+            state.hub.clone(),
+            settings.sweep_interval,
+            state.shutdown.clone(),
+        )),
     ]
 }
 

@@ -90,7 +90,9 @@ impl Caller {
             Ok(())
         } else {
             let name = serde_json::to_string(&role).unwrap_or_default();
-            Err(AppError::Forbidden(format!("this token lacks the {name} role")))
+            Err(AppError::Forbidden(format!(
+                "this token lacks the {name} role"
+            )))
         }
     }
 }

@@ -94,7 +94,11 @@ pub struct ServeArgs {
 
     /// Browser origins (e.g. https://app.example.com) allowed to call the API
     /// from another site, cookies included. Comma-separated; none by default.
-    #[arg(long = "cors-origin", env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "cors-origin",
+        env = "TIDINGS_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 }
 

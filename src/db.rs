@@ -21,11 +21,17 @@ pub fn options(url: &str, application_name: &str) -> Result<PgConnectOptions, sq
 
 /// The request pool. Connections are made lazily, so a database that is
 /// down at start only delays readiness rather than failing the process.
+///
+/// The search path is pinned to `public`: every query names its schema, but
+/// the migrations' bookkeeping table does not, and PostgreSQL's default path
+/// starts with a schema named like the user - so a role called `tidings`
+/// would otherwise find that table in the `tidings` schema once the first
+/// migration creates it, and re-run every migration on the next start.
 pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options)
+        .connect_lazy_with(options.options([("search_path", "public")]))
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

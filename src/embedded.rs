@@ -22,7 +22,7 @@ use nix::unistd::{Uid, User};
 /// it against its own working directory, the data directory.
 const PGDATA: &str = "pgdata";
 /// The role `initdb` creates as superuser; the URL logs in as it.
-const SUPERUSER: &str = "tidings";
+const SUPERUSER: &str = "postgres";
 /// Linux refuses Unix socket paths longer than this (sun_path is 108 bytes).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -91,7 +91,8 @@ impl EmbeddedPostgres {
     /// Starts (creating on first use) the cluster kept in `data_dir`.
     pub fn start(data_dir: &Path, options: &Options) -> Result<Self, EmbeddedError> {
         let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
-        fs::create_dir_all(data_dir).map_err(io_error(format!("creating {}", data_dir.display())))?;
+        fs::create_dir_all(data_dir)
+            .map_err(io_error(format!("creating {}", data_dir.display())))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(io_error(format!("resolving {}", data_dir.display())))?;
@@ -127,7 +128,10 @@ impl EmbeddedPostgres {
 
     /// Fast shutdown: open sessions are ended, committed data is kept.
     pub fn stop(mut self) -> Result<(), EmbeddedError> {
-        let result = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"], "stopping PostgreSQL");
+        let result = self.pg_ctl(
+            &["stop", "-m", "fast", "-w", "-t", "60"],
+            "stopping PostgreSQL",
+        );
         // Closing the pipe releases the watchdog (whose kill now finds nothing).
         drop(self.watchdog.take());
         result.map(drop)
@@ -160,7 +164,8 @@ impl EmbeddedPostgres {
         run(initdb, "initdb")?;
         // Only the socket, only inside the data directory: nothing else on
         // the machine can reach this cluster except its owner and root.
-        let settings = "\n# Set by tidings: reachable only through a Unix socket in this directory.\n\
+        let settings =
+            "\n# Set by tidings: reachable only through a Unix socket in this directory.\n\
                         listen_addresses = ''\nunix_socket_directories = '.'\n";
         OpenOptions::new()
             .append(true)
@@ -173,10 +178,18 @@ impl EmbeddedPostgres {
     /// A postmaster still running here was left by a tidings that died; its
     /// watchdog may be stopping it right now. Stop it (again) and wait.
     fn stop_orphan(&self) -> Result<(), EmbeddedError> {
-        let status = self.command("pg_ctl").arg("status").arg("-D").arg(&self.pgdata).output();
+        let status = self
+            .command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .output();
         if status.is_ok_and(|out| out.status.success()) {
             tracing::warn!("stopping a PostgreSQL left running by an earlier tidings");
-            let _ = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"], "stopping the old PostgreSQL");
+            let _ = self.pg_ctl(
+                &["stop", "-m", "fast", "-w", "-t", "60"],
+                "stopping the old PostgreSQL",
+            );
         }
         Ok(())
     }
@@ -191,11 +204,21 @@ impl EmbeddedPostgres {
         self.hand_over(&log)?;
         let mut server_options = String::from("-c max_connections=200");
         if options.fast_and_unsafe {
-            server_options.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            server_options
+                .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
         let log_arg = log.to_string_lossy().into_owned();
         self.pg_ctl(
-            &["start", "-w", "-t", "120", "-l", &log_arg, "-o", &server_options],
+            &[
+                "start",
+                "-w",
+                "-t",
+                "120",
+                "-l",
+                &log_arg,
+                "-o",
+                &server_options,
+            ],
             "starting PostgreSQL",
         )?;
         let pid = self.postmaster_pid()?;
@@ -206,7 +229,8 @@ impl EmbeddedPostgres {
 
     fn postmaster_pid(&self) -> Result<String, EmbeddedError> {
         let pidfile = self.pgdata.join("postmaster.pid");
-        let text = fs::read_to_string(&pidfile).map_err(io_error(format!("reading {}", pidfile.display())))?;
+        let text = fs::read_to_string(&pidfile)
+            .map_err(io_error(format!("reading {}", pidfile.display())))?;
         text.lines()
             .next()
             .map(|line| line.trim().to_owned())
@@ -238,11 +262,17 @@ impl EmbeddedPostgres {
 
     /// Gives `path` to the cluster's user, and checks that user can reach it.
     fn hand_over(&self, path: &Path) -> Result<(), EmbeddedError> {
-        let Some(user) = &self.run_as else { return Ok(()) };
-        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-            .map_err(io_error(format!("giving {} to user {}", path.display(), user.name)))?;
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
+            io_error(format!("giving {} to user {}", path.display(), user.name)),
+        )?;
         let mut probe = Command::new("/bin/sh");
-        probe.args(["-c", "test -r \"$0\""]).arg(path).current_dir("/");
+        probe
+            .args(["-c", "test -r \"$0\""])
+            .arg(path)
+            .current_dir("/");
         probe.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         match probe.status() {
             Ok(status) if status.success() => Ok(()),
@@ -259,7 +289,9 @@ impl EmbeddedPostgres {
 
 /// Runs `command`, turning a non-zero exit into an error carrying its output.
 fn run(mut command: Command, what: &str) -> Result<Output, EmbeddedError> {
-    let output = command.output().map_err(io_error(format!("running {what}")))?;
+    let output = command
+        .output()
+        .map_err(io_error(format!("running {what}")))?;
     if output.status.success() {
         return Ok(output);
     }
@@ -278,7 +310,10 @@ fn run(mut command: Command, what: &str) -> Result<Output, EmbeddedError> {
 /// comes when this process exits, however it exits - then stops exactly the
 /// postmaster we started (by pid, so it can never stop a newer one), and
 /// optionally removes the data directory.
-fn spawn_watchdog(pid: String, remove: Option<&Path>) -> Result<(Child, ChildStdin), EmbeddedError> {
+fn spawn_watchdog(
+    pid: String,
+    remove: Option<&Path>,
+) -> Result<(Child, ChildStdin), EmbeddedError> {
     const SCRIPT: &str = r#"trap '' INT TERM HUP
 read -r _ignored
 kill -INT "$1" 2>/dev/null
@@ -286,7 +321,9 @@ if [ -n "$2" ]; then
   while kill -0 "$1" 2>/dev/null; do sleep 0.1; done
   rm -rf "$2"
 fi"#;
-    let remove = remove.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let remove = remove
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut child = Command::new("/bin/sh")
         .args(["-c", SCRIPT, "tidings-watchdog", &pid, &remove])
         .stdin(Stdio::piped())
@@ -331,7 +368,11 @@ fn unprivileged_user() -> Result<Option<User>, EmbeddedError> {
 /// Finds initdb, pg_ctl and postgres: on PATH, through `pg_config --bindir`,
 /// or in the newest /usr/lib/postgresql/<version>/bin (Debian's layout).
 pub fn find_bindir() -> Option<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -359,7 +400,7 @@ fn debian_bindirs() -> Vec<PathBuf> {
             Some((version, entry.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     versions.into_iter().map(|(_, dir)| dir).collect()
 }
 

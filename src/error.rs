@@ -55,7 +55,6 @@ impl AppError {
             Self::Database(_) => "internal",
         }
     }
-
 }
 
 impl From<sqlx::Error> for AppError {

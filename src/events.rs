@@ -106,7 +106,11 @@ impl LogRow {
         };
         // Serializing borrowed strings and a pre-validated RawValue cannot fail.
         let data = data.unwrap_or_default().into_boxed_str();
-        let event = Event { seq: self.seq, name, data };
+        let event = Event {
+            seq: self.seq,
+            name,
+            data,
+        };
         (self.recipient, Arc::new(event))
     }
 }

@@ -21,7 +21,10 @@ pub fn router() -> Router<AppState> {
 
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let query = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
-    let database = matches!(tokio::time::timeout(Duration::from_secs(2), query).await, Ok(Ok(_)));
+    let database = matches!(
+        tokio::time::timeout(Duration::from_secs(2), query).await,
+        Ok(Ok(_))
+    );
     let listener = state.health.listening();
     let status = if database && listener {
         StatusCode::OK
@@ -29,6 +32,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let up = |ok: bool| if ok { "up" } else { "down" };
-    let body = json!({"ready": database && listener, "database": up(database), "listener": up(listener)});
+    let body =
+        json!({"ready": database && listener, "database": up(database), "listener": up(listener)});
     (status, Json(body))
 }

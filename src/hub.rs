@@ -126,7 +126,10 @@ impl Hub {
             None => {
                 let name: Arc<str> = recipient.into();
                 let (sender, _) = broadcast::channel(BUFFER);
-                let channel = Channel { sender, fetched: position };
+                let channel = Channel {
+                    sender,
+                    fetched: position,
+                };
                 (name.clone(), &*channels.entry(name).or_insert(channel))
             }
         };
@@ -207,7 +210,9 @@ impl Hub {
             .filter_map(|name| channels.get(&name).map(|c| (name, c.fetched)))
             .collect();
         if batch.len() > BATCH {
-            pending.recipients.extend(batch.drain(BATCH..).map(|(name, _)| name));
+            pending
+                .recipients
+                .extend(batch.drain(BATCH..).map(|(name, _)| name));
         }
         (!batch.is_empty()).then_some(batch)
     }
@@ -229,7 +234,9 @@ impl Hub {
         let mut channels = lock(&self.shared.channels);
         for (recipient, event) in rows {
             *fetched_per_recipient.entry(recipient.clone()).or_default() += 1;
-            let Some(channel) = channels.get_mut(recipient.as_str()) else { continue };
+            let Some(channel) = channels.get_mut(recipient.as_str()) else {
+                continue;
+            };
             if event.seq > channel.fetched {
                 channel.fetched = event.seq;
                 // An error only means no stream is listening right now.

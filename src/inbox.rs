@@ -61,7 +61,9 @@ async fn list(
 ) -> Result<Json<Inbox>, AppError> {
     let limit = number_param("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::BadRequest(format!("limit must be from 1 to {MAX_LIMIT}")));
+        return Err(AppError::BadRequest(format!(
+            "limit must be from 1 to {MAX_LIMIT}"
+        )));
     }
     let before = number_param("before", query.before.as_deref())?;
 
@@ -70,8 +72,7 @@ async fn list(
     let mut tx = state.pool.begin().await?;
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
-        .await
-        ?;
+        .await?;
     let counts = sqlx::query!(
         "SELECT last_seq, notifications - read AS \"unread!\" FROM tidings.recipients WHERE recipient = $1",
         caller.recipient
@@ -113,7 +114,9 @@ fn number_param(name: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> 
             .ok()
             .filter(|n| *n >= 0)
             .map(Some)
-            .ok_or_else(|| AppError::BadRequest(format!("{name} must be a whole number, got {text:?}"))),
+            .ok_or_else(|| {
+                AppError::BadRequest(format!("{name} must be a whole number, got {text:?}"))
+            }),
     }
 }
 

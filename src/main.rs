@@ -24,6 +24,7 @@ async fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "tidings=info,tower_http=warn,sqlx=warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     match cli.command {
         None => serve(cli.serve).await,
@@ -40,7 +41,11 @@ fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
     }
     let cluster = EmbeddedPostgres::start(&args.data_dir, &Options::default())
         .context("starting the embedded PostgreSQL")?;
-    tracing::info!(url = cluster.url(), "embedded PostgreSQL is up (psql \"$(cat {}/DATABASE_URL)\")", args.data_dir.display());
+    tracing::info!(
+        url = cluster.url(),
+        "embedded PostgreSQL is up (psql \"$(cat {}/DATABASE_URL)\")",
+        args.data_dir.display()
+    );
     Ok((cluster.url().to_owned(), Some(cluster)))
 }
 
@@ -58,7 +63,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
         database: db::options(&url, "tidings").context("parsing the database URL")?,
         pool_size: args.database.db_pool_size,
         jwt_secret,
-        streams: StreamSettings { heartbeat: args.heartbeat, retry: args.retry },
+        streams: StreamSettings {
+            heartbeat: args.heartbeat,
+            retry: args.retry,
+        },
         listener_check: args.listener_check,
         sweep_interval: args.sweep_interval,
         catch_up_concurrency: args.catch_up_concurrency,
@@ -66,7 +74,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let served = app::serve(settings, listener, shutdown).await;
     if let Some(cluster) = cluster {
-        tokio::task::block_in_place(|| cluster.stop()).context("stopping the embedded PostgreSQL")?;
+        tokio::task::block_in_place(|| cluster.stop())
+            .context("stopping the embedded PostgreSQL")?;
     }
     served?;
     tracing::info!("stopped");
@@ -78,9 +87,15 @@ fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
     if let Some(secret) = &args.jwt_secret {
         return Ok(secret.as_bytes().to_vec());
     }
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let token = Keys::new(secret.as_bytes()).issue("demo", &[], Duration::from_secs(24 * 3600))?;
-    tracing::warn!("no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only");
+    tracing::warn!(
+        "no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only"
+    );
     tracing::info!(
         "demo recipient `demo`: open http://{}/?access_token={token} or stream with: curl -N 'http://{}/v1/stream?access_token={token}'",
         args.listen,
@@ -92,7 +107,11 @@ fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
 fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>> {
     origins
         .iter()
-        .map(|origin| origin.parse().with_context(|| format!("invalid CORS origin {origin:?}")))
+        .map(|origin| {
+            origin
+                .parse()
+                .with_context(|| format!("invalid CORS origin {origin:?}"))
+        })
         .collect()
 }
 

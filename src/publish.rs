@@ -27,13 +27,6 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Body {
-    Many(Vec<NewNotification>),
-    One(NewNotification),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewNotification {
     recipient: String,
@@ -52,13 +45,10 @@ struct Published {
 async fn publish(
     State(state): State<AppState>,
     caller: Caller,
-    AppJson(body): AppJson<Body>,
+    AppJson(body): AppJson<Box<RawValue>>,
 ) -> Result<(StatusCode, AppJson<serde_json::Value>), AppError> {
     caller.require(Role::Publisher)?;
-    let (batch, is_array) = match body {
-        Body::Many(batch) => (batch, true),
-        Body::One(one) => (vec![one], false),
-    };
+    let (batch, is_array) = parse(&body)?;
     validate(&batch)?;
     let published = insert(&state, &batch).await?;
     let body = if is_array {
@@ -67,6 +57,20 @@ async fn publish(
         serde_json::to_value(published.into_iter().next())
     };
     Ok((StatusCode::CREATED, AppJson(body.unwrap_or_default())))
+}
+
+/// One notification or an array of them. (Parsed by hand: serde's untagged
+/// enums cannot hold the raw, unparsed payloads.)
+fn parse(body: &RawValue) -> Result<(Vec<NewNotification>, bool), AppError> {
+    let invalid = |e: serde_json::Error| AppError::BadRequest(format!("invalid notification: {e}"));
+    if body.get().trim_start().starts_with('[') {
+        Ok((serde_json::from_str(body.get()).map_err(invalid)?, true))
+    } else {
+        Ok((
+            vec![serde_json::from_str(body.get()).map_err(invalid)?],
+            false,
+        ))
+    }
 }
 
 fn validate(batch: &[NewNotification]) -> Result<(), AppError> {
@@ -81,7 +85,11 @@ fn validate(batch: &[NewNotification]) -> Result<(), AppError> {
                 "notification {index}: recipient and kind must not be empty"
             )));
         }
-        if item.payload.as_ref().is_some_and(|p| p.get().contains("\\u0000")) {
+        if item
+            .payload
+            .as_ref()
+            .is_some_and(|p| p.get().contains("\\u0000"))
+        {
             return Err(AppError::BadRequest(format!(
                 "notification {index}: PostgreSQL cannot store \\u0000 in a payload"
             )));

@@ -28,10 +28,13 @@ use crate::app::AppState;
 use crate::auth::{query_param, Caller};
 use crate::error::AppError;
 use crate::events::{self, Event};
-use crate::hub::Live;
+use crate::hub::{Live, Subscription};
 
 /// Events read from the table per query while replaying or catching up.
 const PAGE: i64 = 500;
+/// How long the request waits for the database before answering 200 anyway
+/// (the stream then keeps trying on its own).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/stream", get(stream))
@@ -44,7 +47,13 @@ async fn stream(
     uri: Uri,
 ) -> Result<impl IntoResponse, AppError> {
     let position = requested_position(&headers, uri.query())?;
-    let events = follow(state.clone(), caller.recipient, position);
+    // "Live from now on" should mean from this request, not from whenever
+    // the client starts reading: register now if the database answers soon.
+    let registered = tokio::time::timeout(OPEN_TIMEOUT, register(&state, &caller.recipient))
+        .await
+        .ok()
+        .and_then(Result::ok);
+    let events = follow(state.clone(), caller.recipient, position, registered);
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.streams.heartbeat));
     // Tells nginx (and proxies that copy it) not to buffer the stream.
     let no_buffering = (
@@ -56,7 +65,10 @@ async fn stream(
 
 /// The position to resume after: the `Last-Event-ID` header (what browsers
 /// send on reconnect) wins over the `last_event_id` query parameter.
-pub fn requested_position(headers: &HeaderMap, query: Option<&str>) -> Result<Option<i64>, AppError> {
+pub fn requested_position(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<i64>, AppError> {
     let header = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -89,11 +101,15 @@ fn follow(
     state: AppState,
     recipient: String,
     position: Option<i64>,
+    registered: Option<(i64, Subscription)>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         yield Ok(SseEvent::default().retry(state.streams.retry));
-        let Some(latest) = retry_until_shutdown(&state, || events::position(&state.pool, &recipient)).await else { return };
-        let mut subscription = state.hub.subscribe(&recipient, latest);
+        let registered = match registered {
+            Some(registered) => Some(registered),
+            None => retry_until_shutdown(&state, || register(&state, &recipient)).await,
+        };
+        let Some((latest, mut subscription)) = registered else { return };
         let mut sent = match position {
             Some(position) if position > latest => {
                 yield Ok(to_sse(&Event::reset(latest)));
@@ -134,9 +150,20 @@ fn follow(
     }
 }
 
+/// Reads the recipient's position, then registers with the hub - in that
+/// order, so the hub fetches everything committed after the read.
+async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscription), sqlx::Error> {
+    let latest = events::position(&state.pool, recipient).await?;
+    Ok((latest, state.hub.subscribe(recipient, latest)))
+}
+
 /// One page of history after `sent`, waiting for a catch-up slot first so a
 /// reconnect storm queues here instead of exhausting the pool.
-async fn read_page(state: &AppState, recipient: &str, sent: i64) -> Result<Vec<Arc<Event>>, sqlx::Error> {
+async fn read_page(
+    state: &AppState,
+    recipient: &str,
+    sent: i64,
+) -> Result<Vec<Arc<Event>>, sqlx::Error> {
     let _slot = state.catch_up.acquire().await;
     let rows = events::after(&state.pool, &[recipient.to_owned()], &[sent], PAGE).await?;
     Ok(rows.into_iter().map(|(_, event)| event).collect())

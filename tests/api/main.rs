@@ -1,1 +1,16 @@
+//! tidings' integration tests: one binary (one link), a module per
+//! capability. Every test talks to a real PostgreSQL and a real HTTP server;
+//! see `helpers` for how they are made.
 
+mod helpers;
+
+mod bad_input;
+mod cli;
+mod delivery;
+mod inbox;
+mod isolation;
+mod listener;
+mod log;
+mod resume;
+mod shutdown;
+mod slow_client;

@@ -1,0 +1,119 @@
+//! The LISTEN session can die at any time; no event is lost when it does,
+//! and `/readyz` tells the truth meanwhile.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{seqs, spawn_app, spawn_app_with, TestApp};
+
+async fn kill_listener(app: &TestApp) -> u64 {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'tidings-listener' AND datname = current_database()",
+    )
+    .execute(&app.db)
+    .await
+    .expect("terminate")
+    .rows_affected()
+}
+
+async fn wait_for_readyz(app: &TestApp, status: u16) -> bool {
+    for _ in 0..2000 {
+        if app.readyz().await == status {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn killing_the_listener_backend_loses_nothing_and_readyz_goes_503_then_200() {
+    let app = spawn_app().await;
+    let mut stream = app.stream("alice", Some(0)).await;
+    let writer = {
+        let db = app.db.clone();
+        tokio::spawn(async move {
+            for n in 0..600 {
+                sqlx::query("INSERT INTO tidings.notifications (recipient, kind, payload) VALUES ('alice', 'k', $1)")
+                    .bind(json!({"n": n}))
+                    .execute(&db)
+                    .await
+                    .expect("insert");
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+
+    let mut saw_503 = false;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(kill_listener(&app).await, 1, "one listener session");
+        saw_503 |= wait_for_readyz(&app, 503).await;
+        assert!(wait_for_readyz(&app, 200).await, "ready again");
+    }
+    writer.await.expect("writer");
+    let events = stream.take(600).await;
+
+    assert!(saw_503, "/readyz reported the listener down");
+    assert_eq!(seqs(&events), (1..=600).collect::<Vec<_>>());
+    assert!(
+        stream
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_err(),
+        "no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn rows_committed_while_the_listener_is_down_are_delivered_after_it_returns() {
+    let app = spawn_app().await;
+    let mut stream = app.stream("alice", None).await;
+    // Stop hints from reaching tidings at all by dropping them at the source.
+    sqlx::query("ALTER TABLE tidings.notifications DISABLE TRIGGER hint")
+        .execute(&app.db)
+        .await
+        .expect("disable");
+    app.insert("alice", "unhinted", json!({})).await;
+    sqlx::query("ALTER TABLE tidings.notifications ENABLE TRIGGER hint")
+        .execute(&app.db)
+        .await
+        .expect("enable");
+    assert!(
+        stream
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_err(),
+        "no hint, no delivery yet"
+    );
+
+    kill_listener(&app).await;
+    let event = stream
+        .next_within(Duration::from_secs(5))
+        .await
+        .expect("caught up after reconnect");
+
+    assert_eq!(event.json()["kind"], "unhinted");
+}
+
+#[tokio::test]
+async fn the_sweep_delivers_rows_whose_hint_was_lost() {
+    let app = spawn_app_with(|s| s.sweep_interval = Duration::from_millis(300)).await;
+    let mut stream = app.stream("alice", None).await;
+    sqlx::query("ALTER TABLE tidings.notifications DISABLE TRIGGER hint")
+        .execute(&app.db)
+        .await
+        .expect("disable");
+
+    app.insert("alice", "unhinted", json!({})).await;
+    let event = stream
+        .next_within(Duration::from_secs(3))
+        .await
+        .expect("swept");
+
+    assert_eq!(event.json()["kind"], "unhinted");
+}

@@ -1,0 +1,221 @@
+//! The log itself: append-only, gapless per recipient, idempotent on a key,
+//! and writable over HTTP by publishers exactly as with SQL.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::spawn_app;
+use tidings::config::Role;
+
+#[tokio::test]
+async fn update_delete_and_truncate_are_refused() {
+    let app = spawn_app().await;
+    let (id, _) = app.insert("alice", "k", json!({})).await;
+    app.post(&format!("/v1/notifications/{id}/read"), "alice")
+        .send()
+        .await
+        .expect("read");
+
+    for statement in [
+        "UPDATE tidings.notifications SET kind = 'changed'",
+        "DELETE FROM tidings.notifications",
+        "TRUNCATE tidings.notifications CASCADE",
+        "UPDATE tidings.reads SET notification_ids = '{}'",
+        "DELETE FROM tidings.reads",
+        "DELETE FROM tidings.read_marks",
+    ] {
+        let refused = sqlx::query(statement).execute(&app.db).await;
+        let message = refused.expect_err(statement).to_string();
+        assert!(message.contains("append-only"), "{statement}: {message}");
+    }
+    let kind: String = sqlx::query_scalar("SELECT kind FROM tidings.notifications")
+        .fetch_one(&app.db)
+        .await
+        .expect("kind");
+    assert_eq!(kind, "k");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twice_lands_once_without_a_gap() {
+    let app = spawn_app().await;
+    let key = Uuid::new_v4();
+    let insert = "INSERT INTO tidings.notifications (recipient, kind, idempotency_key) VALUES ('alice', 'k', $1) RETURNING seq";
+
+    let first: Option<i64> = sqlx::query_scalar(insert)
+        .bind(key)
+        .fetch_optional(&app.db)
+        .await
+        .expect("first");
+    let retry: Option<i64> = sqlx::query_scalar(insert)
+        .bind(key)
+        .fetch_optional(&app.db)
+        .await
+        .expect("retry");
+    let (_, next) = app.insert("alice", "k", json!({})).await;
+    let other_recipient: i64 = sqlx::query_scalar(
+        "INSERT INTO tidings.notifications (recipient, kind, idempotency_key) VALUES ('bob', 'k', $1) RETURNING seq",
+    )
+    .bind(key)
+    .fetch_one(&app.db)
+    .await
+    .expect("same key, other recipient");
+
+    assert_eq!(first, Some(1));
+    assert_eq!(retry, None, "the retry is a no-op");
+    assert_eq!(next, 2, "no seq was used by the retry");
+    assert_eq!(other_recipient, 1, "keys are per recipient");
+}
+
+#[tokio::test]
+async fn concurrent_inserts_with_one_idempotency_key_land_once() {
+    let app = spawn_app().await;
+    let key = Uuid::new_v4();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let db = app.db.clone();
+            tokio::spawn(async move {
+                sqlx::query("INSERT INTO tidings.notifications (recipient, kind, idempotency_key) VALUES ('alice', 'k', $1)")
+                    .bind(key)
+                    .execute(&db)
+                    .await
+                    .map(|r| r.rows_affected())
+            })
+        })
+        .collect();
+    let mut landed = 0;
+    for task in tasks {
+        landed += task.await.expect("task").expect("insert");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings.notifications")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!((landed, rows), (1, 1));
+}
+
+#[tokio::test]
+async fn a_rolled_back_insert_leaves_no_gap_and_given_seqs_are_ignored() {
+    let app = spawn_app().await;
+    let mut tx = app.db.begin().await.expect("begin");
+    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'gone')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.rollback().await.expect("rollback");
+
+    let seq: i64 = sqlx::query_scalar("INSERT INTO tidings.notifications (recipient, kind, seq) VALUES ('alice', 'k', 42) RETURNING seq")
+        .fetch_one(&app.db)
+        .await
+        .expect("insert");
+
+    assert_eq!(seq, 1);
+}
+
+#[tokio::test]
+async fn savepoints_rolled_back_inside_a_transaction_leave_no_gap() {
+    let app = spawn_app().await;
+    let mut tx = app.db.begin().await.expect("begin");
+    let insert =
+        "INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'k') RETURNING seq";
+    let first: i64 = sqlx::query_scalar(insert)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("first");
+    sqlx::query("SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .expect("savepoint");
+    let undone: i64 = sqlx::query_scalar(insert)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("undone");
+    sqlx::query("ROLLBACK TO SAVEPOINT s")
+        .execute(&mut *tx)
+        .await
+        .expect("rollback to");
+    let second: i64 = sqlx::query_scalar(insert)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("second");
+    tx.commit().await.expect("commit");
+
+    assert_eq!((first, undone, second), (1, 2, 2));
+}
+
+#[tokio::test]
+async fn publishers_insert_over_http_single_or_batch() {
+    let app = spawn_app().await;
+    let token = app.token_with("billing-service", &[Role::Publisher]);
+    let url = format!("{}/v1/notifications", app.address);
+    let mut stream = app.stream("alice", None).await;
+
+    let single = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&json!({"recipient": "alice", "kind": "invoice.paid", "payload": {"amount": 5}}))
+        .send()
+        .await
+        .expect("single");
+    assert_eq!(single.status(), 201);
+    let single: Value = single.json().await.expect("json");
+    let batch = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&json!([
+            {"recipient": "zed", "kind": "k"},
+            {"recipient": "alice", "kind": "k2"},
+        ]))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(batch.status(), 201);
+    let batch: Value = batch.json().await.expect("json");
+
+    assert_eq!(single["seq"], 1);
+    assert!(single["id"].is_i64());
+    assert_eq!(batch[0]["seq"], 1, "answers come back in request order");
+    assert_eq!(batch[1]["seq"], 2);
+    let event = stream.next().await;
+    assert_eq!(event.json()["payload"], json!({"amount": 5}));
+    assert_eq!(stream.next().await.json()["kind"], "k2");
+}
+
+#[tokio::test]
+async fn publishing_twice_with_one_idempotency_key_returns_the_same_notification() {
+    let app = spawn_app().await;
+    let token = app.token_with("svc", &[Role::Publisher]);
+    let body = json!({"recipient": "alice", "kind": "k", "idempotency_key": Uuid::new_v4()});
+    let url = format!("{}/v1/notifications", app.address);
+
+    let first: Value = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .expect("first")
+        .json()
+        .await
+        .expect("json");
+    let retry: Value = app
+        .client
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .expect("retry")
+        .json()
+        .await
+        .expect("json");
+
+    assert_eq!(first, retry);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings.notifications")
+        .fetch_one(&app.db)
+        .await
+        .expect("count");
+    assert_eq!(rows, 1);
+}
