@@ -174,6 +174,17 @@ async fn sweep(hub: Hub, every: Duration, shutdown: CancellationToken) {
     }
 }
 
+/// The span every log line of a request carries: its id, method and path.
+/// Never the query string, which may hold an `access_token`.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", id = request_id, method = %request.method(), path = request.uri().path())
+}
+
 pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let mut app = Router::new()
@@ -182,7 +193,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .merge(publish::router())
         .merge(health::router())
         .with_state(state)
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
     if !cors_origins.is_empty() {

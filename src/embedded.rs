@@ -368,11 +368,6 @@ fn unprivileged_user() -> Result<Option<User>, EmbeddedError> {
 /// Finds initdb, pg_ctl and postgres: on PATH, through `pg_config --bindir`,
 /// or in the newest /usr/lib/postgresql/<version>/bin (Debian's layout).
 pub fn find_bindir() -> Option<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -382,16 +377,29 @@ pub fn find_bindir() -> Option<PathBuf> {
         .ok()
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    search_bindir(on_path, from_pg_config, Path::new("/usr/lib/postgresql"))
+}
+
+fn search_bindir(
+    on_path: Vec<PathBuf>,
+    from_pg_config: Option<PathBuf>,
+    versioned_root: &Path,
+) -> Option<PathBuf> {
+    let has_all = |dir: &PathBuf| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     on_path
         .into_iter()
         .chain(from_pg_config)
-        .chain(debian_bindirs())
-        .find(|dir| has_all(dir))
+        .chain(versioned_bindirs(versioned_root))
+        .find(has_all)
 }
 
-/// /usr/lib/postgresql/*/bin, newest major version first.
-fn debian_bindirs() -> Vec<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+/// `<root>/<major version>/bin`, newest first.
+fn versioned_bindirs(root: &Path) -> Vec<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(root)
         .into_iter()
         .flatten()
         .flatten()
@@ -414,4 +422,74 @@ fn percent_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Outcome = std::io::Result<()>;
+
+    fn fake_install(dir: &Path) -> Outcome {
+        fs::create_dir_all(dir)?;
+        for binary in ["initdb", "pg_ctl", "postgres"] {
+            fs::write(dir.join(binary), "")?;
+        }
+        Ok(())
+    }
+
+    fn scratch() -> std::io::Result<PathBuf> {
+        let dir =
+            std::env::temp_dir().join(format!("tidings-bindir-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    #[test]
+    fn the_newest_versioned_install_is_chosen_when_nothing_is_on_path() -> Outcome {
+        let root = scratch()?;
+        fake_install(&root.join("13/bin"))?;
+        fake_install(&root.join("16/bin"))?;
+        fs::create_dir_all(root.join("17/bin"))?; // incomplete: skipped
+
+        let found = search_bindir(vec![root.join("nothing-here")], None, &root);
+
+        assert_eq!(found, Some(root.join("16/bin")));
+        fs::remove_dir_all(root)
+    }
+
+    #[test]
+    fn path_wins_over_pg_config_and_versioned_installs() -> Outcome {
+        let root = scratch()?;
+        fake_install(&root.join("on-path"))?;
+        fake_install(&root.join("pg-config"))?;
+        fake_install(&root.join("15/bin"))?;
+
+        let found = search_bindir(
+            vec![root.join("on-path")],
+            Some(root.join("pg-config")),
+            &root,
+        );
+
+        assert_eq!(found, Some(root.join("on-path")));
+        fs::remove_dir_all(root)
+    }
+
+    #[test]
+    fn without_binaries_the_error_is_a_one_paragraph_hint() -> Outcome {
+        let root = scratch()?;
+
+        let found = search_bindir(vec![], None, &root);
+        let hint = EmbeddedError::NoBinaries.to_string();
+
+        assert_eq!(found, None);
+        assert!(!hint.contains('\n'));
+        assert!(hint.contains("apt-get install postgresql") && hint.contains("--database-url"));
+        fs::remove_dir_all(root)
+    }
+
+    #[test]
+    fn socket_paths_are_percent_encoded_for_the_url() {
+        assert_eq!(percent_encode("/tmp/my data/é"), "/tmp/my%20data/%C3%A9");
+    }
 }
