@@ -67,11 +67,27 @@ pub struct Options {
     pub fast_and_unsafe: bool,
     /// Remove the whole data directory once the cluster has stopped.
     pub remove_when_stopped: bool,
+    /// Also listen on 127.0.0.1 at this port: for fault tests that put a
+    /// proxy between tidings and PostgreSQL. Never set by `tidings serve`.
+    pub tcp_port: Option<u16>,
+}
+
+/// How [`EmbeddedPostgres::restart`] stops the server.
+#[derive(Debug, Clone, Copy)]
+pub enum Shutdown {
+    /// Sessions are ended and the server checkpoints: a clean stop.
+    Fast,
+    /// The server is killed outright and recovers from WAL on start, as
+    /// after a crash.
+    Immediate,
 }
 
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it
 /// down; if tidings dies instead, the watchdog shuts it down.
 pub struct EmbeddedPostgres {
+    /// Absolute path of the `--data-dir`.
+    data_dir: PathBuf,
+    options: Options,
     /// Absolute path of the cluster's data (`<data-dir>/pgdata`).
     pgdata: PathBuf,
     /// Where initdb, pg_ctl and postgres were found.
@@ -98,6 +114,8 @@ impl EmbeddedPostgres {
             .map_err(io_error(format!("resolving {}", data_dir.display())))?;
         let lock = lock_dir(&data_dir)?;
         let mut cluster = Self {
+            data_dir: data_dir.clone(),
+            options: options.clone(),
             pgdata: data_dir.join(PGDATA),
             bindir,
             run_as: unprivileged_user()?,
@@ -110,9 +128,10 @@ impl EmbeddedPostgres {
             cluster.init(&data_dir)?;
         }
         cluster.stop_orphan()?;
-        cluster.launch(&data_dir, options)?;
+        cluster.launch()?;
+        let port = options.tcp_port.unwrap_or(5432);
         cluster.url = format!(
-            "postgres:///postgres?host={}&user={SUPERUSER}",
+            "postgres:///postgres?host={}&port={port}&user={SUPERUSER}",
             percent_encode(&cluster.pgdata.to_string_lossy())
         );
         let url_file = data_dir.join("DATABASE_URL");
@@ -124,6 +143,29 @@ impl EmbeddedPostgres {
     /// The connection URL; also written to `<data-dir>/DATABASE_URL`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL over TCP, when [`Options::tcp_port`] is set.
+    pub fn tcp_url(&self) -> Option<String> {
+        let port = self.options.tcp_port?;
+        Some(format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"))
+    }
+
+    /// Stops the server as `how` says, then starts it again on the same data.
+    pub fn restart(&mut self, how: Shutdown) -> Result<(), EmbeddedError> {
+        let mode = match how {
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        };
+        self.pg_ctl(&["stop", "-m", mode, "-w", "-t", "60"], "stopping PostgreSQL")?;
+        // Retire the old watchdog without waking it: woken, it would remove
+        // the data directory (if asked to) under the restarted server.
+        if let Some((mut watchdog, stdin)) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+            drop(stdin);
+        }
+        self.launch()
     }
 
     /// Fast shutdown: open sessions are ended, committed data is kept.
@@ -194,8 +236,8 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    fn launch(&mut self, data_dir: &Path, options: &Options) -> Result<(), EmbeddedError> {
-        let log = data_dir.join("postgres.log");
+    fn launch(&mut self) -> Result<(), EmbeddedError> {
+        let log = self.data_dir.join("postgres.log");
         File::options()
             .create(true)
             .append(true)
@@ -203,7 +245,10 @@ impl EmbeddedPostgres {
             .map_err(io_error(format!("creating {}", log.display())))?;
         self.hand_over(&log)?;
         let mut server_options = String::from("-c max_connections=200");
-        if options.fast_and_unsafe {
+        if let Some(port) = self.options.tcp_port {
+            server_options.push_str(&format!(" -c listen_addresses=127.0.0.1 -p {port}"));
+        }
+        if self.options.fast_and_unsafe {
             server_options
                 .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
@@ -222,7 +267,7 @@ impl EmbeddedPostgres {
             "starting PostgreSQL",
         )?;
         let pid = self.postmaster_pid()?;
-        let remove = options.remove_when_stopped.then_some(data_dir);
+        let remove = self.options.remove_when_stopped.then_some(self.data_dir.as_path());
         self.watchdog = Some(spawn_watchdog(pid, remove)?);
         Ok(())
     }

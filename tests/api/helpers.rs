@@ -50,6 +50,7 @@ fn start_cluster() -> Result<TestCluster> {
             let options = Options {
                 fast_and_unsafe: true,
                 remove_when_stopped: true,
+                tcp_port: None,
             };
             let cluster = EmbeddedPostgres::start(&dir, &options)?;
             (cluster.url().to_owned(), Some(cluster))
