@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod bench_smoke;
 mod cli;
 mod delivery;
 mod inbox;

@@ -1,0 +1,124 @@
+//! The writers: M rows at R per second with plain SQL INSERTs, as an app
+//! would send them, from W connections. Each payload carries its send time
+//! (`{"t": epoch micros}`), taken just before the INSERT goes out.
+//!
+//! Row k goes to recipient k mod K and is due at k / R seconds: an open-loop
+//! schedule, so a slow database shows as latency (and a lower achieved
+//! rate), not as a quietly lighter load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinSet;
+
+use crate::fleet::epoch_micros;
+
+pub const INSERT: &str = "INSERT INTO tidings.notifications (recipient, kind, payload) \
+                          VALUES ($1, 'bench', jsonb_build_object('t', $2::int8))";
+
+pub struct Plan {
+    pub rows: u64,
+    /// Rows per second over all writers; 0 = as fast as they go.
+    pub rate: f64,
+    pub writers: usize,
+    pub recipients: Arc<Vec<String>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Published {
+    pub committed: u64,
+    pub failed: u64,
+    /// Committed rows per recipient index.
+    pub per_recipient: Vec<u64>,
+    pub elapsed: Duration,
+    pub first_error: Option<String>,
+}
+
+impl Published {
+    pub fn rate(&self) -> f64 {
+        self.committed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Published> {
+    let writers = plan.writers.max(1);
+    // Connect every writer before the clock starts.
+    let mut connections = Vec::with_capacity(writers);
+    for _ in 0..writers {
+        connections.push(PgConnection::connect_with(connect).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = JoinSet::new();
+    for (w, conn) in connections.into_iter().enumerate() {
+        let writer = Writer {
+            first: w as u64,
+            step: writers as u64,
+            rows: plan.rows,
+            rate: plan.rate,
+            recipients: plan.recipients.clone(),
+        };
+        tasks.spawn(writer.run(conn, start));
+    }
+    let mut total = Published {
+        per_recipient: vec![0; plan.recipients.len()],
+        ..Published::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        let part = joined?;
+        total.committed += part.committed;
+        total.failed += part.failed;
+        for (sum, n) in total.per_recipient.iter_mut().zip(&part.per_recipient) {
+            *sum += n;
+        }
+        total.first_error = total.first_error.or(part.first_error);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// One writer connection: rows first, first + step, first + 2 step, ...
+struct Writer {
+    first: u64,
+    step: u64,
+    rows: u64,
+    rate: f64,
+    recipients: Arc<Vec<String>>,
+}
+
+impl Writer {
+    async fn run(self, mut conn: PgConnection, start: Instant) -> Published {
+        let mut done = Published {
+            per_recipient: vec![0; self.recipients.len()],
+            ..Published::default()
+        };
+        let mut k = self.first;
+        while k < self.rows {
+            if self.rate > 0.0 {
+                let due = start + Duration::from_secs_f64(k as f64 / self.rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let recipient = (k % self.recipients.len() as u64) as usize;
+            let inserted = sqlx::query(INSERT)
+                .bind(&self.recipients[recipient])
+                .bind(epoch_micros())
+                .execute(&mut conn)
+                .await;
+            match inserted {
+                Ok(_) => {
+                    done.committed += 1;
+                    done.per_recipient[recipient] += 1;
+                }
+                Err(error) => {
+                    done.failed += 1;
+                    done.first_error.get_or_insert_with(|| error.to_string());
+                }
+            }
+            k += self.step;
+        }
+        let _ = conn.close().await;
+        done
+    }
+}

@@ -1,0 +1,213 @@
+//! `ingest`: what the tidings triggers cost writers. Single-row INSERT
+//! commits/s into `tidings.notifications` beside two tables of the same
+//! shape (columns, defaults, constraints, indexes) in a scratch schema: one
+//! with only a bare statement-level `pg_notify` trigger (the floor that
+//! LISTEN/NOTIFY itself sets: notifying commits serialize on one lock), and
+//! one with no triggers. Then a bulk INSERT ... SELECT into each, sorted by
+//! recipient and unsorted.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection};
+use tokio::task::JoinSet;
+
+use crate::cli::Cli;
+use crate::dbstats::round;
+use crate::fleet::epoch_micros;
+use crate::harness::Harness;
+use crate::report::Report;
+
+/// The tables compared, by label.
+const TABLES: [(&str, &str); 3] = [
+    ("tidings", "tidings.notifications"),
+    ("bare_notify", "bench_ingest.notify"),
+    ("plain", "bench_ingest.plain"),
+];
+/// Recipients the single-row writers pick from at random.
+const RECIPIENTS: u64 = 1000;
+
+const SCHEMA: &str = "
+DROP SCHEMA IF EXISTS bench_ingest CASCADE;
+CREATE SCHEMA bench_ingest;
+CREATE TABLE bench_ingest.plain (LIKE tidings.notifications INCLUDING ALL);
+CREATE TABLE bench_ingest.notify (LIKE tidings.notifications INCLUDING ALL);
+CREATE FUNCTION bench_ingest.bare_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('bench_ingest', 'x');
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER bare_notify AFTER INSERT ON bench_ingest.notify
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_ingest.bare_notify();
+";
+
+pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
+    let sizes = &cli.sizes;
+    let mut report = Report::new("ingest");
+    report.condition("writers", format!("{:?}", sizes.ingest_writers));
+    report.condition("seconds_each", sizes.ingest_seconds);
+    report.condition("bulk_rows", sizes.bulk_rows);
+    report.condition("recipients", RECIPIENTS);
+    sqlx::raw_sql(SCHEMA)
+        .execute(&harness.db)
+        .await
+        .context("creating the comparison tables")?;
+    // A listener drains the bare channel, as tidings drains its own.
+    let mut listener = PgListener::connect_with(&harness.db).await?;
+    listener.listen("bench_ingest").await?;
+    let draining = tokio::spawn(async move { while listener.recv().await.is_ok() {} });
+
+    let seq = Arc::new(AtomicI64::new(1));
+    let duration = Duration::from_secs_f64(sizes.ingest_seconds);
+    for &writers in &sizes.ingest_writers {
+        let mut rates = [0.0; 3];
+        for (i, (label, table)) in TABLES.iter().enumerate() {
+            rates[i] = commits_per_s(harness, table, writers, duration, &seq).await?;
+            report.metric(
+                &format!("single_row.w{writers}.{label}.commits_per_s"),
+                round(rates[i], 0),
+            );
+            crate::progress(format!(
+                "{writers} writers, {label}: {:.0} commits/s",
+                rates[i]
+            ));
+        }
+        let vs_notify = rates[1] / rates[0];
+        report.metric(
+            &format!("single_row.w{writers}.tidings_time_vs_bare_notify"),
+            round(vs_notify, 2),
+        );
+        report.metric(
+            &format!("single_row.w{writers}.tidings_time_vs_plain"),
+            round(rates[2] / rates[0], 2),
+        );
+        report.check(
+            &format!("ingest: {writers} writers, single-row commit time <= 1.2x bare pg_notify"),
+            format!(
+                "{vs_notify:.2}x ({:.0} vs {:.0} commits/s)",
+                rates[0], rates[1]
+            ),
+            vs_notify <= 1.2,
+        );
+    }
+    bulk(harness, cli, &mut report).await?;
+    draining.abort();
+    sqlx::query("DROP SCHEMA bench_ingest CASCADE")
+        .execute(&harness.db)
+        .await?;
+    Ok(report)
+}
+
+/// `writers` connections inserting one row per transaction for `duration`.
+async fn commits_per_s(
+    harness: &Harness,
+    table: &str,
+    writers: usize,
+    duration: Duration,
+    seq: &Arc<AtomicI64>,
+) -> Result<f64> {
+    let statement = Arc::new(format!(
+        "INSERT INTO {table} (recipient, seq, kind, payload) \
+         VALUES ($1, $2, 'bench', jsonb_build_object('t', $3::int8))"
+    ));
+    let mut connections = Vec::new();
+    for _ in 0..writers {
+        connections.push(PgConnection::connect_with(&harness.connect).await?);
+    }
+    let prefix = Arc::new(uuid::Uuid::new_v4().simple().to_string());
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (w, mut conn) in connections.into_iter().enumerate() {
+        let (statement, prefix, seq) = (statement.clone(), prefix.clone(), seq.clone());
+        tasks.spawn(async move {
+            let mut random = XorShift(0x9E37_79B9_7F4A_7C15 ^ (w as u64 + 1));
+            let mut commits = 0u64;
+            while Instant::now() < end {
+                let recipient = format!("{prefix}-{}", random.next() % RECIPIENTS);
+                sqlx::query(&statement)
+                    .bind(recipient)
+                    .bind(seq.fetch_add(1, Ordering::Relaxed))
+                    .bind(epoch_micros())
+                    .execute(&mut conn)
+                    .await?;
+                commits += 1;
+            }
+            let _ = conn.close().await;
+            anyhow::Ok(commits)
+        });
+    }
+    let mut commits = 0;
+    while let Some(joined) = tasks.join_next().await {
+        commits += joined??;
+    }
+    Ok(commits as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One INSERT ... SELECT per table and order, repeated; medians in ms.
+async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
+    let rows = cli.sizes.bulk_rows;
+    let mut medians = [[0.0; 2]; 3];
+    for (t, (label, table)) in TABLES.iter().enumerate() {
+        for (o, order) in ["sorted", "unsorted"].iter().enumerate() {
+            // Sorted: one recipient after another. Unsorted: generation
+            // order, which cycles through all recipients row by row.
+            let order_by = if o == 0 { "recipient, seq" } else { "seq" };
+            let mut times = Vec::new();
+            for _ in 0..cli.sizes.bulk_repeats.max(1) {
+                let prefix = uuid::Uuid::new_v4().simple().to_string();
+                let statement = format!(
+                    "INSERT INTO {table} (recipient, seq, kind, payload)
+                     SELECT $1 || '-' || (i % {RECIPIENTS}) AS recipient, i AS seq, 'bench',
+                            jsonb_build_object('n', i)
+                       FROM generate_series(1, $2::int8) AS g(i) ORDER BY {order_by}"
+                );
+                let started = Instant::now();
+                sqlx::query(&statement)
+                    .bind(&prefix)
+                    .bind(rows)
+                    .execute(&harness.db)
+                    .await
+                    .with_context(|| format!("bulk insert into {table}"))?;
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            medians[t][o] = times[times.len() / 2];
+            report.metric(&format!("bulk.{label}.{order}_ms"), round(medians[t][o], 1));
+        }
+    }
+    for (o, order) in ["sorted", "unsorted"].iter().enumerate() {
+        let ratio = medians[0][o] / medians[2][o];
+        report.metric(&format!("bulk.tidings_vs_plain.{order}"), round(ratio, 2));
+        report.metric(
+            &format!("bulk.bare_notify_vs_plain.{order}"),
+            round(medians[1][o] / medians[2][o], 2),
+        );
+    }
+    let sorted = medians[0][0] / medians[2][0];
+    report.check(
+        &format!("ingest: {rows}-row INSERT ... SELECT <= 4x plain (sorted by recipient)"),
+        format!(
+            "{sorted:.2}x ({:.1} vs {:.1} ms)",
+            medians[0][0], medians[2][0]
+        ),
+        sorted <= 4.0,
+    );
+    Ok(())
+}
+
+/// A tiny deterministic generator: recipients only need to be spread out.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

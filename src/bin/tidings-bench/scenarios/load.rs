@@ -1,0 +1,197 @@
+//! `latency` and `fanout`: streams held open while writers publish at a
+//! steady rate; every event's INSERT-to-receipt latency, exact delivery
+//! books, server memory and CPU, and database reads per delivered event.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use super::{fleet_config, memory, recipients, tokens, RssPeak, Usage};
+use crate::cli::Cli;
+use crate::dbstats::{self, round};
+use crate::fleet::{Fleet, StreamSpec};
+use crate::harness::Harness;
+use crate::procfs;
+use crate::publish::{self, Plan};
+use crate::report::{sample_errors, Books, Latency, Report};
+
+struct Shape {
+    streams: usize,
+    recipients: usize,
+    rate: f64,
+    seconds: f64,
+    writers: usize,
+}
+
+impl Shape {
+    fn from(cli: &Cli, streams: usize, recipients: usize, rate: f64) -> Self {
+        let s = &cli.sizes;
+        Self {
+            streams: s.streams.unwrap_or(streams),
+            recipients: s.recipients.unwrap_or(recipients).max(1),
+            rate: s.rate.unwrap_or(rate),
+            seconds: s.seconds.unwrap_or(20.0),
+            writers: s.writers.unwrap_or(8),
+        }
+    }
+}
+
+pub async fn latency(cli: &Cli, harness: &mut Harness) -> Result<Report> {
+    let shape = Shape::from(cli, 1000, 1000, 2000.0);
+    let mut report = Report::new("latency");
+    let outcome = steady_load(cli, harness, &shape, &mut report).await?;
+    report.check(
+        "latency: p99 <= 5 ms, zero lost/dup",
+        format!(
+            "p99 {:.2} ms, lost {}, dup {}",
+            outcome.p99, outcome.books.lost, outcome.books.duplicated
+        ),
+        outcome.p99 <= 5.0 && outcome.books.lost == 0 && outcome.books.duplicated == 0,
+    );
+    outcome.check_reads(&mut report, &shape);
+    Ok(report)
+}
+
+pub async fn fanout(cli: &Cli, harness: &mut Harness) -> Result<Report> {
+    let shape = Shape::from(cli, 10_000, 1000, 500.0);
+    let mut report = Report::new("fanout");
+    let outcome = steady_load(cli, harness, &shape, &mut report).await?;
+    report.check(
+        "fanout: p99 <= 10 ms, zero lost/dup, server CPU <= 50% of one core",
+        format!(
+            "p99 {:.2} ms, lost {}, dup {}, server CPU {:.1}%",
+            outcome.p99, outcome.books.lost, outcome.books.duplicated, outcome.server_cpu_pct
+        ),
+        outcome.p99 <= 10.0
+            && outcome.books.lost == 0
+            && outcome.books.duplicated == 0
+            && outcome.server_cpu_pct <= 50.0,
+    );
+    outcome.check_reads(&mut report, &shape);
+    Ok(report)
+}
+
+struct Outcome {
+    books: Books,
+    p99: f64,
+    server_cpu_pct: f64,
+    rows_per_event: Option<f64>,
+}
+
+impl Outcome {
+    fn check_reads(&self, report: &mut Report, shape: &Shape) {
+        let per_recipient = shape.streams as f64 / shape.recipients as f64;
+        let bound = 1.0 / per_recipient.max(1.0);
+        match self.rows_per_event {
+            Some(rows) => report.check(
+                "steady state: database reads per delivered event <= 1 / (streams per recipient)",
+                format!("{rows:.4} rows fetched per event (bound {bound:.4})"),
+                rows <= bound,
+            ),
+            None => report.check(
+                "steady state: database reads per delivered event <= 1 / (streams per recipient)",
+                "not measurable without pg_stat_statements",
+                false,
+            ),
+        }
+    }
+}
+
+async fn steady_load(
+    cli: &Cli,
+    harness: &mut Harness,
+    shape: &Shape,
+    report: &mut Report,
+) -> Result<Outcome> {
+    report.condition("streams", shape.streams);
+    report.condition("recipients", shape.recipients);
+    report.condition("rate_per_s", shape.rate);
+    report.condition("seconds", shape.seconds);
+    report.condition("writers", shape.writers);
+    let names = recipients(report.scenario, shape.recipients);
+    let tokens = tokens(harness, &names)?;
+    let pid = harness.server.pid();
+    let rss_base = procfs::rss_kib(pid)?;
+
+    let mut config = fleet_config(cli, harness);
+    config.measure_latency = true;
+    let specs = (0..shape.streams)
+        .map(|i| StreamSpec {
+            recipient: i % shape.recipients,
+            after: 0,
+            expect: 0,
+        })
+        .collect();
+    let opening = Instant::now();
+    let fleet = Fleet::open(config, specs, tokens);
+    fleet.wait_opened(Duration::from_secs(300)).await;
+    report.metric("streams.open_s", round(opening.elapsed().as_secs_f64(), 2));
+    crate::progress(format!("{} streams open; publishing", shape.streams));
+    tokio::time::sleep(Duration::from_secs(1)).await; // let setup garbage settle
+    let rss_idle = procfs::rss_kib(pid)?;
+
+    let before = dbstats::snapshot(&harness.db, harness.stats).await?;
+    let usage = Usage::now(harness);
+    let peak = RssPeak::start(pid);
+    let plan = Plan {
+        rows: (shape.rate * shape.seconds).round() as u64,
+        rate: shape.rate,
+        writers: shape.writers,
+        recipients: names.clone(),
+    };
+    let publishing = Instant::now();
+    let published = publish::publish(&harness.connect, &plan).await?;
+    let streams_of = streams_per_recipient(shape);
+    let expected: u64 = published
+        .per_recipient
+        .iter()
+        .zip(&streams_of)
+        .map(|(rows, streams)| rows * *streams as u64)
+        .sum();
+    let drain = Duration::from_secs_f64(cli.common.drain_seconds);
+    fleet.wait_received(expected, drain).await;
+    let delivering = publishing.elapsed();
+    let server_cpu_pct = usage.report_since(harness, report, "load.");
+    let rss_loaded = peak.stop();
+    let after = dbstats::snapshot(&harness.db, harness.stats).await?;
+    let outcomes = fleet.stop().await;
+
+    let books = Books::of(&outcomes, |o| published.per_recipient[o.spec.recipient]);
+    books.add_to(report, "");
+    report.metric("stream_errors", sample_errors(&outcomes));
+    report.metric("publish.committed", published.committed);
+    report.metric("publish.failed", published.failed);
+    report.metric("publish.achieved_rate_per_s", round(published.rate(), 1));
+    if let Some(error) = &published.first_error {
+        report.metric("publish.first_error", error.as_str());
+    }
+    report.metric(
+        "delivered_events_per_s",
+        round(books.received as f64 / delivering.as_secs_f64(), 1),
+    );
+    let latency = Latency::of(&outcomes);
+    if let Some(latency) = &latency {
+        latency.add_to(report);
+    }
+    memory(report, "before_streams", rss_base, rss_base, shape.streams);
+    memory(report, "idle", rss_idle, rss_base, shape.streams);
+    memory(report, "loaded_peak", rss_loaded, rss_base, shape.streams);
+    let bench_xacts = (published.committed + published.failed) as i64 + 1;
+    let db = dbstats::per_event(harness.stats, &before, &after, books.received, bench_xacts);
+    report.metrics_from("db", &db);
+    Ok(Outcome {
+        books,
+        p99: latency.map_or(f64::INFINITY, |l| l.p99),
+        server_cpu_pct,
+        rows_per_event: db["rows_fetched_per_event"].as_f64(),
+    })
+}
+
+/// How many of the streams follow each recipient (stream i follows i mod K).
+fn streams_per_recipient(shape: &Shape) -> Vec<usize> {
+    let mut counts = vec![0; shape.recipients];
+    for i in 0..shape.streams {
+        counts[i % shape.recipients] += 1;
+    }
+    counts
+}

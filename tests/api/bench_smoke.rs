@@ -1,0 +1,171 @@
+//! Smoke test of the load tool (`tidings-bench`): every scenario at a tiny
+//! size against the debug `tidings` binary. It checks the books - nothing
+//! lost, duplicated or out of order, every stream established - and never
+//! the timings, which depend on the machine.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Runs one scenario with `--json` and returns its metrics.
+fn bench(scenario: &str, sizes: &[&str]) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+        .arg(scenario)
+        .arg("--json")
+        .args(["--server-bin", env!("CARGO_BIN_EXE_tidings")])
+        .args(["--drain-seconds", "10"])
+        .args(sizes)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tidings-bench starts");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("tidings-bench {scenario} ran over 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "tidings-bench {scenario} failed:\n{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["scenario"], scenario);
+    report["metrics"].clone()
+}
+
+/// Zero lost, duplicated, out of order or failed, wherever the report
+/// counts them, and every requested stream established.
+fn assert_clean_books(metrics: &Value) {
+    let metrics = metrics.as_object().expect("metrics object");
+    let mut streams_checked = 0;
+    for (name, value) in metrics {
+        let must_be_zero = [
+            "events.lost",
+            "events.duplicated",
+            "events.out_of_order",
+            "events.unexpected",
+            "streams.failed",
+            "publish.failed",
+        ];
+        if must_be_zero.iter().any(|suffix| name.ends_with(suffix)) {
+            assert_eq!(value.as_u64(), Some(0), "{name} = {value}");
+        }
+        if let Some(prefix) = name.strip_suffix("streams.established") {
+            let requested = &metrics[&format!("{prefix}streams.requested")];
+            assert_eq!(value, requested, "{prefix}streams established of requested");
+            assert!(value.as_u64().unwrap_or(0) > 0, "{name}");
+            streams_checked += 1;
+        }
+        if let Some(prefix) = name.strip_suffix("events.expected") {
+            let received = &metrics[&format!("{prefix}events.received")];
+            assert_eq!(value, received, "{prefix}events received of expected");
+        }
+    }
+    assert!(streams_checked > 0, "the report counts no streams");
+}
+
+#[test]
+fn bench_smoke_latency() {
+    let metrics = bench(
+        "latency",
+        &[
+            "--streams",
+            "20",
+            "--recipients",
+            "10",
+            "--rate",
+            "100",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert_clean_books(&metrics);
+    assert_eq!(metrics["events.expected"], 200);
+}
+
+#[test]
+fn bench_smoke_fanout() {
+    let metrics = bench(
+        "fanout",
+        &[
+            "--streams",
+            "40",
+            "--recipients",
+            "10",
+            "--rate",
+            "50",
+            "--seconds",
+            "1",
+        ],
+    );
+    assert_clean_books(&metrics);
+    assert_eq!(metrics["events.expected"], 200);
+}
+
+#[test]
+fn bench_smoke_capacity() {
+    let metrics = bench("capacity", &["--streams", "200"]);
+    assert_clean_books(&metrics);
+    assert_eq!(metrics["events.received"], 200);
+}
+
+#[test]
+fn bench_smoke_replay() {
+    let metrics = bench(
+        "replay",
+        &[
+            "--replay-rows",
+            "2000",
+            "--replay-streams",
+            "20",
+            "--replay-rows-each",
+            "50",
+        ],
+    );
+    assert_clean_books(&metrics);
+    assert_eq!(metrics["single.events.received"], 2000);
+    assert_eq!(metrics["many.events.received"], 1000);
+}
+
+#[test]
+fn bench_smoke_storm() {
+    let metrics = bench(
+        "storm",
+        &["--streams", "100", "--recipients", "20", "--retry-ms", "50"],
+    );
+    assert_clean_books(&metrics);
+    assert_eq!(metrics["streams.live_after_restart"], 100);
+    assert_eq!(metrics["events.received"], 200);
+}
+
+#[test]
+fn bench_smoke_ingest() {
+    let metrics = bench(
+        "ingest",
+        &[
+            "--ingest-writers",
+            "1,2",
+            "--ingest-seconds",
+            "0.3",
+            "--bulk-rows",
+            "200",
+            "--bulk-repeats",
+            "1",
+        ],
+    );
+    for writers in ["w1", "w2"] {
+        for table in ["tidings", "bare_notify", "plain"] {
+            let name = format!("single_row.{writers}.{table}.commits_per_s");
+            assert!(metrics[&name].as_f64().unwrap_or(0.0) > 0.0, "{name}");
+        }
+    }
+    for table in ["tidings", "bare_notify", "plain"] {
+        assert!(metrics[&format!("bulk.{table}.sorted_ms")].is_number());
+    }
+}
