@@ -122,6 +122,11 @@ pub struct Sizes {
     #[arg(long, default_value_t = 1000)]
     pub replay_rows_each: u64,
 
+    /// replay: ANALYZE the tables after writing the history (without it the
+    /// planner has no statistics for the fresh rows, as right after a burst).
+    #[arg(long)]
+    pub replay_analyze: bool,
+
     /// storm: pause before a client reconnects (all clients use the same,
     /// so they come back together).
     #[arg(long, default_value_t = 250)]
@@ -132,8 +137,12 @@ pub struct Sizes {
     pub ingest_writers: Vec<usize>,
 
     /// ingest: seconds per measurement.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 3.0)]
     pub ingest_seconds: f64,
+
+    /// ingest: rounds of single-row measurements (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub ingest_rounds: usize,
 
     /// ingest: rows in the bulk INSERT ... SELECT.
     #[arg(long, default_value_t = 10_000)]

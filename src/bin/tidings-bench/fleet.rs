@@ -133,6 +133,8 @@ pub struct StreamOutcome {
     pub error: Option<String>,
     pub tracker: Tracker,
     pub latencies_us: Vec<u32>,
+    /// (seq, epoch micros received) of each new event, when measuring.
+    pub receipts: Vec<(i64, i64)>,
     pub reconnects: u32,
     /// When `spec.expect` events had arrived.
     pub caught_up_at: Option<Instant>,
@@ -247,6 +249,7 @@ impl StreamTask {
             error: None,
             tracker: Tracker::new(self.spec.after),
             latencies_us: Vec::new(),
+            receipts: Vec::new(),
             reconnects: 0,
             caught_up_at: None,
         };
@@ -348,6 +351,7 @@ impl StreamTask {
             Progress::add(&self.progress.caught_up);
         }
         if self.config.measure_latency {
+            outcome.receipts.push((seq, now_us));
             if let Some(sent) = sent_at(&event.data) {
                 let micros = (now_us - sent).clamp(0, i64::from(u32::MAX));
                 outcome.latencies_us.push(micros as u32);

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::fleet::epoch_micros;
 
 pub const INSERT: &str = "INSERT INTO tidings.notifications (recipient, kind, payload) \
-                          VALUES ($1, 'bench', jsonb_build_object('t', $2::int8))";
+                          VALUES ($1, 'bench', jsonb_build_object('t', $2::int8)) RETURNING seq";
 
 pub struct Plan {
     pub rows: u64,
@@ -35,6 +35,12 @@ pub struct Published {
     pub per_recipient: Vec<u64>,
     pub elapsed: Duration,
     pub first_error: Option<String>,
+    /// Round trip of each committed INSERT (send to commit acknowledged),
+    /// in microseconds: the database's share of the delivery latency.
+    pub commit_us: Vec<u32>,
+    /// When each row's commit was acknowledged: (recipient index, seq,
+    /// epoch micros), to tell the database's share of latency from tidings'.
+    pub acks: Vec<(usize, i64, i64)>,
 }
 
 impl Published {
@@ -74,6 +80,8 @@ pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Publishe
             *sum += n;
         }
         total.first_error = total.first_error.or(part.first_error);
+        total.commit_us.extend_from_slice(&part.commit_us);
+        total.acks.extend_from_slice(&part.acks);
     }
     total.elapsed = start.elapsed();
     Ok(total)
@@ -101,13 +109,17 @@ impl Writer {
                 tokio::time::sleep_until(due.into()).await;
             }
             let recipient = (k % self.recipients.len() as u64) as usize;
-            let inserted = sqlx::query(INSERT)
+            let sent = Instant::now();
+            let inserted: Result<i64, _> = sqlx::query_scalar(INSERT)
                 .bind(&self.recipients[recipient])
                 .bind(epoch_micros())
-                .execute(&mut conn)
+                .fetch_one(&mut conn)
                 .await;
             match inserted {
-                Ok(_) => {
+                Ok(seq) => {
+                    done.acks.push((recipient, seq, epoch_micros()));
+                    let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX));
+                    done.commit_us.push(micros as u32);
                     done.committed += 1;
                     done.per_recipient[recipient] += 1;
                 }

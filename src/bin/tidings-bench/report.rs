@@ -186,10 +186,14 @@ pub struct Latency {
 
 impl Latency {
     pub fn of(outcomes: &[StreamOutcome]) -> Option<Self> {
-        let mut all: Vec<u32> = outcomes
+        let all: Vec<u32> = outcomes
             .iter()
             .flat_map(|o| o.latencies_us.iter().copied())
             .collect();
+        Self::from_micros(all)
+    }
+
+    pub fn from_micros(mut all: Vec<u32>) -> Option<Self> {
         if all.is_empty() {
             return None;
         }
@@ -208,12 +212,13 @@ impl Latency {
         })
     }
 
-    pub fn add_to(&self, report: &mut Report) {
-        report.metric("latency_ms.samples", self.samples);
-        report.metric("latency_ms.p50", round(self.p50, 3));
-        report.metric("latency_ms.p90", round(self.p90, 3));
-        report.metric("latency_ms.p99", round(self.p99, 3));
-        report.metric("latency_ms.p99.9", round(self.p999, 3));
-        report.metric("latency_ms.max", round(self.max, 3));
+    pub fn add_to(&self, report: &mut Report, prefix: &str) {
+        let p = |name: &str| format!("{prefix}.{name}");
+        report.metric(&p("samples"), self.samples);
+        report.metric(&p("p50"), round(self.p50, 3));
+        report.metric(&p("p90"), round(self.p90, 3));
+        report.metric(&p("p99"), round(self.p99, 3));
+        report.metric(&p("p99.9"), round(self.p999, 3));
+        report.metric(&p("max"), round(self.max, 3));
     }
 }

@@ -2,14 +2,15 @@
 //! steady rate; every event's INSERT-to-receipt latency, exact delivery
 //! books, server memory and CPU, and database reads per delivered event.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use super::{fleet_config, memory, recipients, tokens, RssPeak, Usage};
 use crate::cli::Cli;
-use crate::dbstats::{self, round};
-use crate::fleet::{Fleet, StreamSpec};
+use crate::dbstats::{self, round, StatsSource};
+use crate::fleet::{Fleet, StreamOutcome, StreamSpec};
 use crate::harness::Harness;
 use crate::procfs;
 use crate::publish::{self, Plan};
@@ -127,7 +128,7 @@ async fn steady_load(
     fleet.wait_opened(Duration::from_secs(300)).await;
     report.metric("streams.open_s", round(opening.elapsed().as_secs_f64(), 2));
     crate::progress(format!("{} streams open; publishing", shape.streams));
-    tokio::time::sleep(Duration::from_secs(1)).await; // let setup garbage settle
+    settle(harness).await?;
     let rss_idle = procfs::rss_kib(pid)?;
 
     let before = dbstats::snapshot(&harness.db, harness.stats).await?;
@@ -171,7 +172,14 @@ async fn steady_load(
     );
     let latency = Latency::of(&outcomes);
     if let Some(latency) = &latency {
-        latency.add_to(report);
+        latency.add_to(report, "latency_ms");
+    }
+    if let Some(commit) = Latency::from_micros(published.commit_us) {
+        commit.add_to(report, "publish.insert_commit_ms");
+    }
+    let after_commit = after_commit(&outcomes, &published.acks, shape.recipients);
+    if let Some(after_commit) = Latency::from_micros(after_commit) {
+        after_commit.add_to(report, "latency_after_commit_ack_ms");
     }
     memory(report, "before_streams", rss_base, rss_base, shape.streams);
     memory(report, "idle", rss_idle, rss_base, shape.streams);
@@ -185,6 +193,51 @@ async fn steady_load(
         server_cpu_pct,
         rows_per_event: db["rows_fetched_per_event"].as_f64(),
     })
+}
+
+/// Waits until the streams' opening reads (each stream reads a page of
+/// history after registering, `--catch-up-concurrency` at a time) are done,
+/// so the measured window sees steady state only: until tidings has made
+/// no event fetch for 500 ms (or 1 s, without pg_stat_statements).
+async fn settle(harness: &Harness) -> Result<()> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if harness.stats != StatsSource::Statements {
+        return Ok(());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = dbstats::snapshot(&harness.db, harness.stats).await?;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = dbstats::snapshot(&harness.db, harness.stats).await?;
+        if now.fetch_calls == last.fetch_calls && now.position_calls == last.position_calls {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
+/// Receipt minus the writer's commit acknowledgement, per delivered event:
+/// tidings' own share of the latency (0 when the event beat the ack).
+fn after_commit(
+    outcomes: &[StreamOutcome],
+    acks: &[(usize, i64, i64)],
+    recipients: usize,
+) -> Vec<u32> {
+    let mut acked: Vec<HashMap<i64, i64>> = vec![HashMap::new(); recipients];
+    for &(recipient, seq, at) in acks {
+        acked[recipient].insert(seq, at);
+    }
+    outcomes
+        .iter()
+        .flat_map(|o| {
+            let acked = &acked[o.spec.recipient];
+            o.receipts.iter().filter_map(move |(seq, received)| {
+                let ack = acked.get(seq)?;
+                Some((received - ack).clamp(0, i64::from(u32::MAX)) as u32)
+            })
+        })
+        .collect()
 }
 
 /// How many of the streams follow each recipient (stream i follows i mod K).

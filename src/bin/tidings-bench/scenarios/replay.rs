@@ -23,9 +23,10 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     report.condition("single_stream_rows", sizes.replay_rows);
     report.condition("streams", sizes.replay_streams);
     report.condition("rows_each", sizes.replay_rows_each);
+    report.condition("analyze_after_fill", sizes.replay_analyze);
 
     let single = recipients("replay-one", 1);
-    let filled = fill(harness, &single, sizes.replay_rows).await?;
+    let filled = fill(harness, &single, sizes.replay_rows, sizes.replay_analyze).await?;
     report.metric("setup.single_fill_rows_per_s", filled);
     let rate = resume(
         cli,
@@ -39,7 +40,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let single_rate = rate.events_per_s;
 
     let many = recipients("replay-many", sizes.replay_streams);
-    let filled = fill(harness, &many, sizes.replay_rows_each).await?;
+    let filled = fill(harness, &many, sizes.replay_rows_each, sizes.replay_analyze).await?;
     report.metric("setup.many_fill_rows_per_s", filled);
     let all = resume(
         cli,
@@ -65,8 +66,10 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
 }
 
 /// Appends `rows` notifications for each of `names`, sorted by recipient,
-/// in batches; returns rows per second (triggers included).
-async fn fill(harness: &Harness, names: &[String], rows: u64) -> Result<f64> {
+/// in batches; returns rows per second (triggers included). `analyze`
+/// refreshes the planner's statistics afterwards, as autovacuum eventually
+/// would.
+async fn fill(harness: &Harness, names: &[String], rows: u64, analyze: bool) -> Result<f64> {
     let started = Instant::now();
     let per_batch = (FILL_BATCH / rows.max(1)).max(1) as usize;
     for batch in names.chunks(per_batch) {
@@ -89,8 +92,14 @@ async fn fill(harness: &Harness, names: &[String], rows: u64) -> Result<f64> {
         }
     }
     let total = rows as f64 * names.len() as f64;
+    let rate = round(total / started.elapsed().as_secs_f64(), 0);
+    if analyze {
+        sqlx::query("ANALYZE tidings.notifications, tidings.reads")
+            .execute(&harness.db)
+            .await?;
+    }
     crate::progress(format!("{total} rows of history written"));
-    Ok(round(total / started.elapsed().as_secs_f64(), 0))
+    Ok(rate)
 }
 
 struct Resumed {
