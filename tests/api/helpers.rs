@@ -224,6 +224,11 @@ impl TestApp {
             .bearer_auth(self.token(recipient))
     }
 
+    /// [`TestApp::stream`] for an owned recipient name (handy with `join_all`).
+    pub async fn stream_owned(&self, recipient: String, last_event_id: Option<i64>) -> SseClient {
+        self.stream(&recipient, last_event_id).await
+    }
+
     /// Opens `/v1/stream` for `recipient`, resuming after `last_event_id`.
     pub async fn stream(&self, recipient: &str, last_event_id: Option<i64>) -> SseClient {
         let mut request = self.get("/v1/stream", recipient);
@@ -290,9 +295,14 @@ impl SseClient {
 
     /// `n` events, each within 10 s of the previous one.
     pub async fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        self.take_within(n, Duration::from_secs(10)).await
+    }
+
+    /// `n` events, each within `wait` of the previous one.
+    pub async fn take_within(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
         let mut events = Vec::with_capacity(n);
         for _ in 0..n {
-            events.push(self.next().await);
+            events.push(self.next_within(wait).await.expect("an event"));
         }
         events
     }
