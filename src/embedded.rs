@@ -157,7 +157,10 @@ impl EmbeddedPostgres {
             Shutdown::Fast => "fast",
             Shutdown::Immediate => "immediate",
         };
-        self.pg_ctl(&["stop", "-m", mode, "-w", "-t", "60"], "stopping PostgreSQL")?;
+        self.pg_ctl(
+            &["stop", "-m", mode, "-w", "-t", "60"],
+            "stopping PostgreSQL",
+        )?;
         // Retire the old watchdog without waking it: woken, it would remove
         // the data directory (if asked to) under the restarted server.
         if let Some((mut watchdog, stdin)) = self.watchdog.take() {
@@ -267,7 +270,10 @@ impl EmbeddedPostgres {
             "starting PostgreSQL",
         )?;
         let pid = self.postmaster_pid()?;
-        let remove = self.options.remove_when_stopped.then_some(self.data_dir.as_path());
+        let remove = self
+            .options
+            .remove_when_stopped
+            .then_some(self.data_dir.as_path());
         self.watchdog = Some(spawn_watchdog(pid, remove)?);
         Ok(())
     }

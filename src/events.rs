@@ -82,34 +82,63 @@ struct ReadData<'a> {
     created_at: DateTime<Utc>,
 }
 
+impl Event {
+    /// A notification event: its data is the row as one line of JSON.
+    pub fn notification(
+        id: i64,
+        seq: i64,
+        recipient: &str,
+        kind: &str,
+        payload: &RawValue,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        let data = NotificationData {
+            id,
+            seq,
+            recipient,
+            kind,
+            payload,
+            created_at,
+        };
+        Self::new(seq, EventName::Notification, serde_json::to_string(&data))
+    }
+
+    /// A read event: which notifications became read.
+    pub fn read(seq: i64, recipient: &str, ids: &[i64], created_at: DateTime<Utc>) -> Self {
+        let data = ReadData {
+            seq,
+            recipient,
+            ids,
+            created_at,
+        };
+        Self::new(seq, EventName::Read, serde_json::to_string(&data))
+    }
+
+    fn new(seq: i64, name: EventName, data: serde_json::Result<String>) -> Self {
+        // Serializing borrowed strings and an already-valid RawValue cannot
+        // fail; and JSON escapes every control character, so `data` is one
+        // line with no CR, LF or NUL, as SSE needs.
+        let data = data.unwrap_or_default().into_boxed_str();
+        Self { seq, name, data }
+    }
+}
+
 impl LogRow {
     fn into_event(self) -> (String, Arc<Event>) {
-        let (name, data) = if self.event_type == "read" {
-            let data = ReadData {
-                seq: self.seq,
-                recipient: &self.recipient,
-                ids: self.notification_ids.as_deref().unwrap_or_default(),
-                created_at: self.created_at,
-            };
-            (EventName::Read, serde_json::to_string(&data))
+        let event = if self.event_type == "read" {
+            let ids = self.notification_ids.as_deref().unwrap_or_default();
+            Event::read(self.seq, &self.recipient, ids, self.created_at)
         } else {
-            let empty = RawValue::NULL;
-            let data = NotificationData {
-                id: self.id,
-                seq: self.seq,
-                recipient: &self.recipient,
-                kind: self.kind.as_deref().unwrap_or_default(),
-                payload: self.payload.as_ref().map_or(empty, |json| &json.0),
-                created_at: self.created_at,
-            };
-            (EventName::Notification, serde_json::to_string(&data))
-        };
-        // Serializing borrowed strings and a pre-validated RawValue cannot fail.
-        let data = data.unwrap_or_default().into_boxed_str();
-        let event = Event {
-            seq: self.seq,
-            name,
-            data,
+            let kind = self.kind.as_deref().unwrap_or_default();
+            let payload = self.payload.as_ref().map_or(RawValue::NULL, |json| &json.0);
+            Event::notification(
+                self.id,
+                self.seq,
+                &self.recipient,
+                kind,
+                payload,
+                self.created_at,
+            )
         };
         (self.recipient, Arc::new(event))
     }

@@ -110,22 +110,19 @@ fn follow(
             None => retry_until_shutdown(&state, || register(&state, &recipient)).await,
         };
         let Some((latest, mut subscription)) = registered else { return };
-        let mut sent = match position {
-            Some(position) if position > latest => {
-                yield Ok(to_sse(&Event::reset(latest)));
-                latest
-            }
-            Some(position) => position,
-            None => latest,
-        };
+        let (mut cursor, reset) = Cursor::start(position, latest);
+        if let Some(reset) = reset {
+            yield Ok(to_sse(&reset));
+        }
         loop {
             // Catch up from the table until it has nothing more...
             loop {
+                let sent = cursor.sent();
                 let page = retry_until_shutdown(&state, || read_page(&state, &recipient, sent)).await;
                 let Some(page) = page else { return };
                 let complete = (page.len() as i64) < PAGE;
                 for event in page {
-                    sent = event.seq;
+                    cursor.advance(event.seq);
                     yield Ok(to_sse(&event));
                 }
                 if complete { break }
@@ -137,15 +134,69 @@ fn follow(
                     _ = state.shutdown.cancelled() => return,
                 };
                 match live {
-                    Live::Event(event) if event.seq <= sent => continue,
-                    Live::Event(event) if event.seq == sent + 1 => {
-                        sent = event.seq;
-                        yield Ok(to_sse(&event));
-                    }
-                    Live::Event(_) | Live::Lagged => break,
+                    Live::Event(event) => match cursor.offer(event.seq) {
+                        Offer::Send => yield Ok(to_sse(&event)),
+                        Offer::Duplicate => continue,
+                        Offer::Gap => break,
+                    },
+                    Live::Lagged => break,
                     Live::Closed => return,
                 }
             }
+        }
+    }
+}
+
+/// Where a stream stands: the last `seq` it sent. It enforces the rule that
+/// makes delivery exactly-once and in order: only `sent + 1` goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    sent: i64,
+}
+
+/// What to do with an event the hub offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The next one: send it (the cursor has moved).
+    Send,
+    /// Already sent (it came from the table too): drop it.
+    Duplicate,
+    /// Something before it is missing: read the table from `sent()` on.
+    Gap,
+}
+
+impl Cursor {
+    /// The starting point for a client asking to resume after `position`
+    /// (`None`: only what comes next), given the recipient's `latest` seq.
+    /// A position beyond the log (say, after a restore) is reset to
+    /// `latest`, and the client must be told with the returned event.
+    pub fn start(position: Option<i64>, latest: i64) -> (Self, Option<Event>) {
+        match position {
+            Some(position) if position > latest => {
+                (Self { sent: latest }, Some(Event::reset(latest)))
+            }
+            Some(position) => (Self { sent: position }, None),
+            None => (Self { sent: latest }, None),
+        }
+    }
+
+    pub fn sent(&self) -> i64 {
+        self.sent
+    }
+
+    /// Records an event sent from the table, which is always in order.
+    pub fn advance(&mut self, seq: i64) {
+        self.sent = seq;
+    }
+
+    pub fn offer(&mut self, seq: i64) -> Offer {
+        if seq <= self.sent {
+            Offer::Duplicate
+        } else if seq == self.sent + 1 {
+            self.sent = seq;
+            Offer::Send
+        } else {
+            Offer::Gap
         }
     }
 }
@@ -194,7 +245,8 @@ where
     }
 }
 
-fn to_sse(event: &Event) -> SseEvent {
+/// The SSE frame of an event: `id`, `event`, and the one-line JSON `data`.
+pub fn to_sse(event: &Event) -> SseEvent {
     SseEvent::default()
         .id(event.seq.to_string())
         .event(event.name.as_str())

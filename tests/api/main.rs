@@ -14,6 +14,7 @@ mod isolation;
 mod listener;
 mod log;
 mod pressure;
+mod properties;
 mod resume;
 mod shutdown;
 mod slow_client;

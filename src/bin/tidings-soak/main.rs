@@ -532,3 +532,61 @@ fn print_table(report: &Report) {
     println!();
     println!("{}", if report.ok() { "OK" } else { "FAILED" });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use client::Received;
+
+    fn table() -> HashMap<(String, i64), String> {
+        (1..=4)
+            .map(|seq| (("r".to_owned(), seq), format!("t{seq}")))
+            .collect()
+    }
+
+    fn client(seqs: &[i64]) -> ClientLog {
+        let events = seqs
+            .iter()
+            .map(|&seq| Received {
+                seq,
+                fingerprint: format!("t{seq}"),
+            })
+            .collect();
+        ClientLog {
+            recipient: "r".into(),
+            events,
+            caught_up: true,
+            ..ClientLog::default()
+        }
+    }
+
+    #[test]
+    fn a_perfect_client_passes() {
+        let report = verify(&[client(&[1, 2, 3, 4])], &table());
+        assert_eq!(
+            (
+                report.delivered,
+                report.lost,
+                report.duplicated,
+                report.out_of_order
+            ),
+            (4, 0, 0, 0)
+        );
+        assert!(report.ok());
+    }
+
+    #[test]
+    fn loss_duplicates_disorder_and_phantoms_are_each_counted() {
+        let mut phantom = client(&[1]);
+        phantom.events[0].fingerprint = "from a rolled-back transaction".into();
+        let report = verify(
+            &[client(&[1, 2, 2, 4]), client(&[2, 1, 3, 4]), phantom],
+            &table(),
+        );
+        assert_eq!(report.duplicated, 1);
+        assert_eq!(report.lost, 1 + 3);
+        assert_eq!(report.out_of_order, 1 + 2);
+        assert_eq!(report.rolled_back_seen, 1);
+        assert!(!report.ok());
+    }
+}
