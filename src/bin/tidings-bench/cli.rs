@@ -46,7 +46,9 @@ pub struct Common {
     pub json: bool,
 
     /// Use this PostgreSQL instead of starting a private one (default
-    /// durability, pg_stat_statements loaded) under /tmp.
+    /// durability, pg_stat_statements loaded) under /tmp. Use a throwaway
+    /// database: the bench appends rows to tidings.notifications, which is
+    /// append-only, and ingest creates and drops a schema `bench_ingest`.
     #[arg(long)]
     pub database_url: Option<String>,
 

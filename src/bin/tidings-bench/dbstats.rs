@@ -18,10 +18,18 @@ pub enum StatsSource {
 }
 
 impl StatsSource {
-    pub async fn detect(db: &PgPool) -> Self {
-        let created = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            .execute(db)
-            .await;
+    /// Whether `pg_stat_statements` can be read; `create` installs the
+    /// extension first (only in the bench's own cluster: never in someone
+    /// else's database).
+    pub async fn detect(db: &PgPool, create: bool) -> Self {
+        let created = if create {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .execute(db)
+                .await
+                .map(drop)
+        } else {
+            Ok(())
+        };
         let readable = sqlx::query("SELECT 1 FROM pg_stat_statements LIMIT 1")
             .fetch_all(db)
             .await;

@@ -55,7 +55,7 @@ impl Harness {
             .await
             .context("connecting to PostgreSQL")?;
         tidings::db::migrate(&db).await.context("migrating")?;
-        let stats = StatsSource::detect(&db).await;
+        let stats = StatsSource::detect(&db, cluster.is_some()).await;
         let postmaster = match &cluster {
             Some(_) => postmaster_pid(&db).await,
             None => None,
