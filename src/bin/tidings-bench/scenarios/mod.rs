@@ -33,7 +33,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     }?;
     report.condition("database", harness.database);
     report.condition("db_stats_from", harness.stats.describe());
-    report.condition("cpus", available_cpus());
+    report.condition("cpus_for_bench", available_cpus());
     report.condition(
         "pinning",
         format!(
