@@ -99,7 +99,8 @@ pub async fn serve(
     };
     let background = spawn_background(&state, &settings);
     let app = router(state, &settings.cors_origins);
-    let served = axum::serve(listener, app)
+    // `into_make_service`: the router is built once, not once per connection.
+    let served = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     shutdown.cancel();

@@ -147,6 +147,12 @@ impl LogRow {
 /// For each `(recipients[i], after[i])`, that recipient's next events with
 /// `seq > after[i]`, at most `limit` each, in `seq` order. One query serves
 /// every recipient of a burst: the hub's way to fetch a row once for all.
+///
+/// Because `seq` is dense (invariant I1 in the migration), the next `limit`
+/// events are exactly those in `after + 1 ..= after + limit`; saying so
+/// bounds every scan by the page size whatever plan PostgreSQL picks (a
+/// fresh burst without statistics otherwise got a scan of *all* later rows
+/// per page, making a long replay quadratic).
 pub async fn after(
     pool: &PgPool,
     recipients: &[String],
@@ -163,6 +169,7 @@ pub async fn after(
          CROSS JOIN LATERAL (
                SELECT * FROM tidings.events ev
                 WHERE ev.recipient = wanted.recipient AND ev.seq > wanted.after
+                  AND ev.seq <= wanted.after + $3
                 ORDER BY ev.seq
                 LIMIT $3) e
          ORDER BY e.recipient, e.seq
