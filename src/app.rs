@@ -23,6 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Keys;
 use crate::hub::Hub;
 use crate::listener::{Health, Listener};
+use crate::metrics::{self, Metrics};
 use crate::{db, health, inbox, publish, stream};
 
 /// What every handler can reach. Cheap to clone.
@@ -36,6 +37,8 @@ pub struct AppState {
     pub keys: Keys,
     /// Whether hints are flowing, for `/readyz`.
     pub health: Health,
+    /// What `/metrics` reports; moved by the hub, listener and streams.
+    pub metrics: Arc<Metrics>,
     pub streams: StreamSettings,
     /// Bounds how many streams read history at once (see `stream`).
     pub catch_up: Arc<Semaphore>,
@@ -88,8 +91,10 @@ pub async fn serve(
         settings.pool_size,
     );
     migrate_when_reachable(&pool, &shutdown).await?;
+    let metrics = Arc::new(Metrics::new());
     let state = AppState {
-        hub: Hub::new(pool.clone()),
+        hub: Hub::new(pool.clone(), metrics.clone()),
+        metrics,
         keys: Keys::new(&settings.jwt_secret),
         health: Health::default(),
         streams: settings.streams,
@@ -148,6 +153,7 @@ fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::J
         pool: state.pool.clone(),
         hub: state.hub.clone(),
         health: state.health.clone(),
+        metrics: state.metrics.clone(),
         check_every: settings.listener_check,
     };
     vec![
@@ -188,12 +194,16 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
 
 pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
+    let count_requests =
+        axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::count_requests);
     let mut app = Router::new()
         .merge(stream::router())
         .merge(inbox::router())
         .merge(publish::router())
         .merge(health::router())
+        .merge(metrics::router())
         .with_state(state)
+        .layer(count_requests)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));

@@ -16,13 +16,14 @@
 use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{self, Event};
+use crate::metrics::Metrics;
 
 /// Events buffered per recipient for its streams. A burst larger than this
 /// makes streams catch up from the table instead; a small buffer keeps an
@@ -48,6 +49,7 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the fetcher; holds a permit if nobody waits, so no hint is lost.
     wake: Notify,
+    metrics: Arc<Metrics>,
 }
 
 struct Channel {
@@ -61,6 +63,21 @@ struct Pending {
     /// Set after a reconnect, a sweep, or an oversized hint: fetch for all.
     everyone: bool,
     recipients: HashSet<Arc<str>>,
+    /// When the oldest hint still pending arrived: for the lag metric.
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn note_arrival(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// One round of the fetcher: recipients with the seq to fetch after.
+struct Batch {
+    wanted: Vec<(Arc<str>, i64)>,
+    /// When the oldest hint this round answers arrived.
+    since: Option<Instant>,
 }
 
 /// One stream's registration with the hub. Dropping it unregisters; the last
@@ -104,10 +121,11 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, metrics: Arc<Metrics>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 pool,
+                metrics,
                 channels: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
@@ -151,6 +169,7 @@ impl Hub {
         };
         let channels = lock(&self.shared.channels);
         let mut pending = lock(&self.shared.pending);
+        pending.note_arrival();
         for recipient in recipients {
             if let Some((name, _)) = channels.get_key_value(recipient.as_str()) {
                 pending.recipients.insert(name.clone());
@@ -163,7 +182,10 @@ impl Hub {
     /// Makes every open stream's recipient be compared with the table: after
     /// the listener (re)connects, hints sent meanwhile are lost.
     pub fn hint_everyone(&self) {
-        lock(&self.shared.pending).everyone = true;
+        let mut pending = lock(&self.shared.pending);
+        pending.everyone = true;
+        pending.note_arrival();
+        drop(pending);
         self.shared.wake.notify_one();
     }
 
@@ -180,9 +202,16 @@ impl Hub {
                 _ = shutdown.cancelled() => break,
             }
             while let Some(batch) = self.take_batch() {
-                if let Err(error) = self.fetch(&batch).await {
+                let fetched = self.fetch(&batch.wanted).await;
+                if let Some(since) = batch.since {
+                    self.shared
+                        .metrics
+                        .hint_lag
+                        .observe(since.elapsed().as_secs_f64());
+                }
+                if let Err(error) = fetched {
                     tracing::warn!(%error, "fetching events failed; retrying");
-                    self.requeue(batch);
+                    self.requeue(batch.wanted);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                         _ = shutdown.cancelled() => return,
@@ -196,9 +225,10 @@ impl Hub {
 
     /// Up to [`BATCH`] pending recipients that still have streams, each with
     /// the seq to fetch after.
-    fn take_batch(&self) -> Option<Vec<(Arc<str>, i64)>> {
+    fn take_batch(&self) -> Option<Batch> {
         let channels = lock(&self.shared.channels);
         let mut pending = lock(&self.shared.pending);
+        let since = pending.since.take();
         let wanted: Vec<Arc<str>> = if mem::take(&mut pending.everyone) {
             pending.recipients.clear();
             channels.keys().cloned().collect()
@@ -214,7 +244,10 @@ impl Hub {
                 .recipients
                 .extend(batch.drain(BATCH..).map(|(name, _)| name));
         }
-        (!batch.is_empty()).then_some(batch)
+        (!batch.is_empty()).then_some(Batch {
+            wanted: batch,
+            since,
+        })
     }
 
     fn requeue(&self, batch: Vec<(Arc<str>, i64)>) {

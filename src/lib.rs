@@ -19,6 +19,7 @@
 //! - [`inbox`]: the notification list, unread count and read marks.
 //! - [`publish`]: `POST /v1/notifications` for publishers without SQL access.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`metrics`]: counters and gauges, and `GET /metrics`.
 //! - [`auth`]: JWT verification; the only source of a recipient.
 //! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
 //! - [`app`]: shared state, the router, and the server's lifecycle.
@@ -36,5 +37,6 @@ pub mod health;
 pub mod hub;
 pub mod inbox;
 pub mod listener;
+pub mod metrics;
 pub mod publish;
 pub mod stream;

@@ -19,6 +19,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 
 /// The channel the triggers NOTIFY on.
 pub const CHANNEL: &str = "tidings";
@@ -48,6 +49,7 @@ pub struct Listener {
     pub pool: PgPool,
     pub hub: Hub,
     pub health: Health,
+    pub metrics: Arc<Metrics>,
     /// How often to check that hints still arrive.
     pub check_every: Duration,
 }
@@ -72,8 +74,10 @@ impl Listener {
             let started = Instant::now();
             let result = self.session(&shutdown).await;
             self.health.set_listening(false);
+            self.metrics.listener_up.set(0);
             if let Err(error) = result {
                 tracing::warn!(%error, "LISTEN session ended; reconnecting");
+                self.metrics.listener_reconnects.inc();
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(100);
@@ -100,6 +104,7 @@ impl Listener {
         timeout(DB_TIMEOUT, listener.listen(CHANNEL)).await??;
 
         self.health.set_listening(true);
+        self.metrics.listener_up.set(1);
         self.hub.hint_everyone();
         tracing::info!("listening for hints");
 

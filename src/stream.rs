@@ -29,6 +29,7 @@ use crate::auth::{query_param, Caller};
 use crate::error::AppError;
 use crate::events::{self, Event};
 use crate::hub::{Live, Subscription};
+use crate::metrics::Held;
 
 /// Events read from the table per query while replaying or catching up.
 const PAGE: i64 = 500;
@@ -104,6 +105,7 @@ fn follow(
     registered: Option<(i64, Subscription)>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
+        let _open = Held::new(&state.metrics.open_streams);
         yield Ok(SseEvent::default().retry(state.streams.retry));
         let registered = match registered {
             Some(registered) => Some(registered),
@@ -123,6 +125,8 @@ fn follow(
                 let complete = (page.len() as i64) < PAGE;
                 for event in page {
                     cursor.advance(event.seq);
+                    state.metrics.replayed.inc();
+                    state.metrics.delivered.inc();
                     yield Ok(to_sse(&event));
                 }
                 if complete { break }
@@ -135,7 +139,10 @@ fn follow(
                 };
                 match live {
                     Live::Event(event) => match cursor.offer(event.seq) {
-                        Offer::Send => yield Ok(to_sse(&event)),
+                        Offer::Send => {
+                            state.metrics.delivered.inc();
+                            yield Ok(to_sse(&event));
+                        }
                         Offer::Duplicate => continue,
                         Offer::Gap => break,
                     },
@@ -215,6 +222,7 @@ async fn read_page(
     recipient: &str,
     sent: i64,
 ) -> Result<Vec<Arc<Event>>, sqlx::Error> {
+    let _reading = Held::new(&state.metrics.catch_up_in_flight);
     let _slot = state.catch_up.acquire().await;
     let rows = events::after(&state.pool, &[recipient.to_owned()], &[sent], PAGE).await?;
     Ok(rows.into_iter().map(|(_, event)| event).collect())

@@ -13,6 +13,7 @@ mod inbox;
 mod isolation;
 mod listener;
 mod log;
+mod metrics;
 mod pressure;
 mod properties;
 mod resume;

@@ -1,0 +1,116 @@
+//! `GET /metrics` reports what operators need, in Prometheus' text format.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, TestApp};
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(response.status(), 200);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    response.text().await.expect("body")
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_streams_deliveries_replays_and_requests() {
+    let app = spawn_app().await;
+    app.insert("alice", "old", json!({})).await;
+    app.insert("alice", "old", json!({})).await;
+    let mut stream = app.stream("alice", Some(0)).await;
+    stream.take(2).await;
+    app.insert("alice", "new", json!({})).await;
+    stream.next().await;
+
+    let text = scrape(&app).await;
+
+    assert_eq!(sample(&text, "tidings_open_streams"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "tidings_events_delivered_total"), Some(3.0));
+    assert_eq!(sample(&text, "tidings_events_replayed_total"), Some(2.0));
+    assert_eq!(sample(&text, "tidings_listener_up"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            r#"tidings_http_requests_total{route="/v1/stream",method="GET",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&text, "tidings_hint_to_delivery_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "tidings_db_pool_connections").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "tidings_pg_notification_queue_usage").is_some());
+    assert_eq!(sample(&text, "tidings_catch_up_reads_in_flight"), Some(0.0));
+
+    drop(stream);
+    let mut closed = false;
+    for _ in 0..100 {
+        if sample(&scrape(&app).await, "tidings_open_streams") == Some(0.0) {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "a closed stream is no longer counted");
+}
+
+#[tokio::test]
+async fn request_metrics_use_route_templates_not_raw_paths() {
+    let app = spawn_app().await;
+    for id in [1, 2, 3] {
+        app.post(&format!("/v1/notifications/{id}/read"), "alice")
+            .send()
+            .await
+            .expect("post");
+    }
+
+    let text = scrape(&app).await;
+
+    let series = r#"tidings_http_requests_total{route="/v1/notifications/{id}/read",method="POST",status="404"}"#;
+    assert_eq!(sample(&text, series), Some(3.0), "{text}");
+}
+
+#[tokio::test]
+async fn listener_reconnects_are_counted() {
+    let app = spawn_app().await;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tidings-listener' AND datname = current_database()")
+        .execute(&app.db)
+        .await
+        .expect("terminate");
+
+    let mut counted = false;
+    for _ in 0..200 {
+        let text = scrape(&app).await;
+        if sample(&text, "tidings_listener_reconnects_total") == Some(1.0)
+            && sample(&text, "tidings_listener_up") == Some(1.0)
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(counted);
+}
