@@ -24,6 +24,7 @@ use crate::auth::Keys;
 use crate::hub::Hub;
 use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
+use crate::stream::StreamSlots;
 use crate::{db, health, inbox, publish, stream};
 
 /// What every handler can reach. Cheap to clone.
@@ -42,6 +43,8 @@ pub struct AppState {
     pub streams: StreamSettings,
     /// Bounds how many streams read history at once (see `stream`).
     pub catch_up: Arc<Semaphore>,
+    /// Open streams per recipient, for `StreamSettings::max_per_recipient`.
+    pub slots: StreamSlots,
     /// Cancelled on shutdown: streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -56,6 +59,8 @@ impl FromRef<AppState> for Keys {
 pub struct StreamSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
+    /// Streams one recipient may hold open here; 0 = no limit.
+    pub max_per_recipient: usize,
 }
 
 /// Everything [`serve`] needs, resolved (no embedded-database decisions).
@@ -99,6 +104,7 @@ pub async fn serve(
         health: Health::default(),
         streams: settings.streams,
         catch_up: Arc::new(Semaphore::new(settings.catch_up_concurrency.max(1))),
+        slots: StreamSlots::default(),
         shutdown: shutdown.clone(),
         pool,
     };

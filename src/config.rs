@@ -92,6 +92,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_CATCH_UP_CONCURRENCY", default_value_t = 8)]
     pub catch_up_concurrency: usize,
 
+    /// Most streams one recipient may hold open on this instance; one more
+    /// gets 429 Too Many Requests. 0 means no limit.
+    #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_RECIPIENT", default_value_t = 32)]
+    pub max_streams_per_recipient: usize,
+
+    /// Log format: `text` for people, `json` (one object per line) for log
+    /// pipelines. Filter with RUST_LOG, e.g. RUST_LOG=tidings=debug.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Browser origins (e.g. https://app.example.com) allowed to call the API
     /// from another site, cookies included. Comma-separated; none by default.
     #[arg(
@@ -120,6 +130,12 @@ pub struct TokenArgs {
     /// HS256 secret to sign with; must match the service's.
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// What a token may do beyond reading its own recipient's notifications.

@@ -12,25 +12,40 @@ use tokio_util::sync::CancellationToken;
 
 use tidings::app::{self, Settings, StreamSettings};
 use tidings::auth::Keys;
-use tidings::config::{Cli, Command, DatabaseArgs, ServeArgs, TokenArgs};
+use tidings::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs, TokenArgs};
 use tidings::db;
 use tidings::embedded::{EmbeddedPostgres, Options};
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "tidings=info,tower_http=warn,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_format = match &cli.command {
+        Some(Command::Serve(args)) => args.log_format,
+        _ => cli.serve.log_format,
+    };
+    init_logging(log_format);
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Token(args)) => token(args),
+    }
+}
+
+/// Logs go to stderr; RUST_LOG filters them.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "tidings=info,tower_http=warn,sqlx=warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 
@@ -66,6 +81,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         streams: StreamSettings {
             heartbeat: args.heartbeat,
             retry: args.retry,
+            max_per_recipient: args.max_streams_per_recipient,
         },
         listener_check: args.listener_check,
         sweep_interval: args.sweep_interval,

@@ -12,8 +12,10 @@
 //! into an HTTP error (a browser's EventSource gives up for good on a
 //! non-200): the stream waits and retries, and heartbeats keep flowing.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -48,13 +50,16 @@ async fn stream(
     uri: Uri,
 ) -> Result<impl IntoResponse, AppError> {
     let position = requested_position(&headers, uri.query())?;
+    let slot = state
+        .slots
+        .take(&caller.recipient, state.streams.max_per_recipient)?;
     // "Live from now on" should mean from this request, not from whenever
     // the client starts reading: register now if the database answers soon.
     let registered = tokio::time::timeout(OPEN_TIMEOUT, register(&state, &caller.recipient))
         .await
         .ok()
         .and_then(Result::ok);
-    let events = follow(state.clone(), caller.recipient, position, registered);
+    let events = follow(state.clone(), caller.recipient, position, registered, slot);
     let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.streams.heartbeat));
     // Tells nginx (and proxies that copy it) not to buffer the stream.
     let no_buffering = (
@@ -103,8 +108,10 @@ fn follow(
     recipient: String,
     position: Option<i64>,
     registered: Option<(i64, Subscription)>,
+    slot: Slot,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
+        let _slot = slot;
         let _open = Held::new(&state.metrics.open_streams);
         yield Ok(SseEvent::default().retry(state.streams.retry));
         let registered = match registered {
@@ -149,6 +156,54 @@ fn follow(
                     Live::Lagged => break,
                     Live::Closed => return,
                 }
+            }
+        }
+    }
+}
+
+/// How many streams each recipient has open on this instance, so one
+/// recipient (or a leaked token) cannot open connections without bound.
+#[derive(Clone, Default)]
+pub struct StreamSlots {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open stream's place in [`StreamSlots`]; dropping it frees the place.
+pub struct Slot {
+    slots: StreamSlots,
+    recipient: String,
+}
+
+impl StreamSlots {
+    /// A place for one more stream of `recipient`, unless it already holds
+    /// `max` (0: no limit): then a 429 problem, never a silent drop.
+    pub fn take(&self, recipient: &str, max: usize) -> Result<Slot, AppError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(recipient.to_owned()).or_default();
+        if max > 0 && *count >= max {
+            return Err(AppError::TooManyRequests(format!(
+                "this recipient already has {count} open streams here, the most allowed"
+            )));
+        }
+        *count += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            recipient: recipient.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.recipient) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.recipient);
             }
         }
     }

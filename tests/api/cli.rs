@@ -205,3 +205,30 @@ fn help_explains_every_flag() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line() {
+    let database = crate::helpers::fresh_database().await.expect("database");
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &url_of(&database)),
+        ("TIDINGS_LOG_FORMAT", "json"),
+    ])
+    .expect("start");
+    server.wait_until_ready().await.expect("ready");
+
+    let lines = server
+        .log
+        .lock()
+        .map(|lines| lines.clone())
+        .unwrap_or_default();
+
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let object: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(
+            object["level"].is_string() && object["message"].is_string(),
+            "{line}"
+        );
+    }
+}

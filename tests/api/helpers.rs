@@ -119,6 +119,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         streams: StreamSettings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(1),
+            max_per_recipient: 0,
         },
         listener_check: Duration::from_secs(1),
         sweep_interval: Duration::from_secs(30),
@@ -406,6 +407,8 @@ pub async fn empty_database() -> Result<PgConnectOptions> {
 pub struct Binary {
     pub child: std::process::Child,
     pub address: String,
+    /// Every line it has written to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Binary {
@@ -436,7 +439,11 @@ impl Binary {
                 .map_while(Result::ok)
             {
                 if let Some(at) = line.find("serving on http://") {
-                    let _ = found.send(line[at + "serving on ".len()..].trim().to_owned());
+                    let url: String = line[at + "serving on ".len()..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
+                    let _ = found.send(url);
                 }
                 if let Ok(mut lines) = lines.lock() {
                     lines.push(line);
@@ -444,7 +451,11 @@ impl Binary {
             }
         });
         match address.recv_timeout(Duration::from_secs(60)) {
-            Ok(address) => Ok(Self { child, address }),
+            Ok(address) => Ok(Self {
+                child,
+                address,
+                log,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let log = log.lock().map(|l| l.join("\n")).unwrap_or_default();

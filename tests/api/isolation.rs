@@ -105,3 +105,36 @@ async fn tokens_are_accepted_from_header_query_and_cookie() {
     assert_eq!(cookie.status(), 200);
     assert_problem(none, 401).await;
 }
+
+#[tokio::test]
+async fn a_recipient_over_the_stream_cap_gets_a_429_until_one_of_its_streams_closes() {
+    let app = crate::helpers::spawn_app_with(|s| s.streams.max_per_recipient = 2).await;
+    let first = app.stream("alice", None).await;
+    let _second = app.stream("alice", None).await;
+    let _other_recipient = app.stream("bob", None).await;
+
+    let refused = app
+        .get("/v1/stream", "alice")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(refused, 429).await;
+
+    drop(first);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if app
+            .get("/v1/stream", "alice")
+            .send()
+            .await
+            .expect("request")
+            .status()
+            == 200
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a freed place can be taken again");
+}
