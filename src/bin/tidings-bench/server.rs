@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ pub struct Server {
     child: Child,
     pub address: SocketAddr,
     log: Arc<Mutex<VecDeque<String>>>,
+    /// Kills the server if this tool dies without dropping it (SIGKILL,
+    /// e.g. a test timeout): it waits for end-of-file on this pipe.
+    watchdog: Option<(Child, ChildStdin)>,
 }
 
 impl Server {
@@ -72,11 +75,13 @@ impl Server {
             .with_context(|| format!("starting {}", config.binary.display()))?;
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let serving = watch_log(&mut child, log.clone())?;
+        let watchdog = spawnwatchdog(child.id()).ok();
         let mut server = Self {
             config: config.clone(),
             child,
             address,
             log,
+            watchdog,
         };
         match serving.recv_timeout(Duration::from_secs(60)) {
             Ok(_) => Ok(server),
@@ -140,6 +145,25 @@ impl Server {
     }
 }
 
+/// A shell that waits for end-of-file on its stdin - which comes when this
+/// process exits, however it exits - then kills the server by pid (the same
+/// pattern as the embedded cluster's watchdog).
+fn spawnwatchdog(pid: u32) -> Result<(Child, ChildStdin)> {
+    let mut watchdog = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "read -r _ignored; kill -KILL \"$1\" 2>/dev/null",
+            "bench-watchdog",
+        ])
+        .arg(pid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdin = watchdog.stdin.take().context("watchdog stdin")?;
+    Ok((watchdog, stdin))
+}
+
 /// Drains the child's stderr (so it never blocks on a full pipe), keeps the
 /// last lines, and reports when the server says `serving on`.
 fn watch_log(child: &mut Child, log: Arc<Mutex<VecDeque<String>>>) -> Result<mpsc::Receiver<()>> {
@@ -166,6 +190,12 @@ fn watch_log(child: &mut Child, log: Arc<Mutex<VecDeque<String>>>) -> Result<mps
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The watchdog goes first, killed rather than woken, so it can never
+        // signal a pid that the server's exit has freed for reuse.
+        if let Some((mut watchdog, _stdin)) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
         }
