@@ -25,7 +25,7 @@ use crate::hub::Hub;
 use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
 use crate::stream::StreamSlots;
-use crate::{db, health, inbox, publish, stream};
+use crate::{audit, db, health, inbox, publish, stream};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -208,6 +208,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .merge(publish::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(audit::router())
         .with_state(state)
         .layer(count_requests)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))

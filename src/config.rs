@@ -31,6 +31,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Print a signed JWT for a recipient, e.g. to try the API with curl.
     Token(TokenArgs),
+    /// Walk the history's hash chains; exit 1 naming the first broken link.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -110,6 +112,22 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Only this recipient's chain (default: every recipient's).
+    #[arg(long)]
+    pub recipient: Option<String>,
+
+    /// Print each recipient's newest link (recipient, seq, hash) instead, to
+    /// keep somewhere the database cannot reach: a chain rewritten from some
+    /// event to its end verifies again, but ends in a different head.
+    #[arg(long)]
+    pub heads: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -20,6 +20,7 @@
 //! - [`publish`]: `POST /v1/notifications` for publishers without SQL access.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`metrics`]: counters and gauges, and `GET /metrics`.
+//! - [`audit`]: the hash chain's verifier (`tidings verify`, `/v1/audit/verify`).
 //! - [`auth`]: JWT verification; the only source of a recipient.
 //! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
 //! - [`app`]: shared state, the router, and the server's lifecycle.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod db;

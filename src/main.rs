@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use tidings::app::{self, Settings, StreamSettings};
 use tidings::auth::Keys;
-use tidings::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs, TokenArgs};
+use tidings::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs, TokenArgs, VerifyArgs};
 use tidings::db;
 use tidings::embedded::{EmbeddedPostgres, Options};
 
@@ -29,6 +29,7 @@ async fn main() -> Result<()> {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Token(args)) => token(args),
+        Some(Command::Verify(args)) => verify(args).await,
     }
 }
 
@@ -160,6 +161,39 @@ async fn migrate(args: DatabaseArgs) -> Result<()> {
     }
     migrated?;
     println!("migrations applied");
+    Ok(())
+}
+
+/// Exit status 1 (with the broken link on stdout) if a chain is broken.
+async fn verify(args: VerifyArgs) -> Result<()> {
+    let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
+    let pool = db::pool(db::options(&url, "tidings-verify")?, 1);
+    let recipient = args.recipient.as_deref();
+    let outcome = if args.heads {
+        tidings::audit::heads(&pool, recipient).await.map(|heads| {
+            for head in heads {
+                println!("{}\t{}\t{}", head.recipient, head.seq, head.hash);
+            }
+            true
+        })
+    } else {
+        tidings::audit::verify(&pool, recipient)
+            .await
+            .map(|verdict| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&verdict).unwrap_or_default()
+                );
+                verdict.ok
+            })
+    };
+    pool.close().await;
+    if let Some(cluster) = cluster {
+        tokio::task::block_in_place(|| cluster.stop())?;
+    }
+    if !outcome.context("reading the history")? {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

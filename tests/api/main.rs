@@ -4,6 +4,8 @@
 
 mod helpers;
 
+mod audit;
+
 mod bad_input;
 mod bench_smoke;
 mod cli;

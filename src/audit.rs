@@ -1,0 +1,264 @@
+//! Audit: tamper evidence for the history. Walks each recipient's hash chain
+//! (invariant I8 in `migrations/0002_audit.sql`) and reports the first
+//! broken link; serves `GET /v1/audit/verify` to callers with the `auditor`
+//! role, and backs `tidings verify` on the command line.
+//!
+//! The verifier trusts nothing in the database but its rows: it rebuilds
+//! each event's canonical encoding with built-in functions only (not the
+//! migration's `tidings.canonical`, which a superuser could redefine) and
+//! computes SHA-256 itself. It must never write.
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::config::Role;
+use crate::error::AppError;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/audit/verify", get(verify_handler))
+}
+
+/// The outcome of a walk.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub ok: bool,
+    pub recipients: u64,
+    pub events: u64,
+    /// The first broken link, if any.
+    pub broken: Option<BrokenLink>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BrokenLink {
+    pub recipient: String,
+    pub seq: i64,
+    pub problem: String,
+    /// What the chain says should be there (a hash, or a seq).
+    pub expected: String,
+    /// What is there.
+    pub found: String,
+}
+
+/// The newest link of a recipient's chain: worth keeping elsewhere, since a
+/// chain rewritten from some event to its end is consistent again but ends
+/// in a different head.
+#[derive(Debug, Serialize)]
+pub struct Head {
+    pub recipient: String,
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// One event as the verifier sees it.
+struct Link {
+    recipient: String,
+    seq: i64,
+    hash: Vec<u8>,
+    canonical: Vec<u8>,
+    /// The recipient's counter: how many events it says exist.
+    last_seq: i64,
+}
+
+/// Where the walk is within the current recipient's chain.
+#[derive(Default)]
+struct Walk {
+    recipient: Option<String>,
+    expected_seq: i64,
+    previous: Vec<u8>,
+    last_seq: i64,
+    verdict: Option<BrokenLink>,
+    recipients: u64,
+    events: u64,
+}
+
+impl Walk {
+    /// Checks one link; records the first break and returns false at it.
+    fn step(&mut self, link: Link) -> bool {
+        if self.recipient.as_deref() != Some(link.recipient.as_str()) {
+            if !self.finish_recipient() {
+                return false;
+            }
+            self.recipient = Some(link.recipient.clone());
+            self.expected_seq = 1;
+            self.previous.clear();
+            self.recipients += 1;
+        }
+        self.events += 1;
+        self.last_seq = link.last_seq;
+        if link.seq != self.expected_seq {
+            let problem = if link.seq > self.expected_seq {
+                "event missing"
+            } else {
+                "event out of order"
+            };
+            return self.broken(
+                &link.recipient,
+                self.expected_seq,
+                problem,
+                self.expected_seq.to_string(),
+                link.seq.to_string(),
+            );
+        }
+        let computed = Sha256::new()
+            .chain_update(&self.previous)
+            .chain_update(&link.canonical)
+            .finalize();
+        if computed[..] != link.hash[..] {
+            return self.broken(
+                &link.recipient,
+                link.seq,
+                "hash mismatch: the event or its predecessor was changed",
+                hex::encode(computed),
+                hex::encode(&link.hash),
+            );
+        }
+        self.previous = link.hash;
+        self.expected_seq += 1;
+        true
+    }
+
+    /// At the end of a recipient's chain: does the counter agree it ends here?
+    fn finish_recipient(&mut self) -> bool {
+        let Some(recipient) = self.recipient.clone() else {
+            return true;
+        };
+        let last = self.expected_seq - 1;
+        if self.last_seq > last {
+            return self.broken(
+                &recipient,
+                last + 1,
+                "events missing at the end of the chain",
+                self.last_seq.to_string(),
+                last.to_string(),
+            );
+        }
+        true
+    }
+
+    fn broken(
+        &mut self,
+        recipient: &str,
+        seq: i64,
+        problem: &str,
+        expected: String,
+        found: String,
+    ) -> bool {
+        self.verdict = Some(BrokenLink {
+            recipient: recipient.to_owned(),
+            seq,
+            problem: problem.to_owned(),
+            expected,
+            found,
+        });
+        false
+    }
+}
+
+/// Walks the chain of `recipient`, or of every recipient, in one streamed
+/// query: memory stays constant however long the history is.
+pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, sqlx::Error> {
+    let mut links = sqlx::query_as!(
+        LinkRow,
+        r#"
+        SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.hash AS "hash!", e.canonical AS "canonical!",
+               coalesce(c.last_seq, 0) AS "last_seq!"
+          FROM (
+            SELECT n.recipient, n.seq, n.hash,
+                   convert_to(jsonb_build_array('notification', n.recipient, n.seq, n.id, n.kind, n.payload,
+                       n.idempotency_key, (extract(epoch FROM n.created_at) * 1000000)::bigint)::text, 'UTF8') AS canonical
+              FROM tidings.notifications n WHERE $1::text IS NULL OR n.recipient = $1
+            UNION ALL
+            SELECT r.recipient, r.seq, r.hash,
+                   convert_to(jsonb_build_array('read', r.recipient, r.seq, r.id, to_jsonb(r.notification_ids),
+                       (extract(epoch FROM r.created_at) * 1000000)::bigint)::text, 'UTF8')
+              FROM tidings.reads r WHERE $1::text IS NULL OR r.recipient = $1
+          ) e
+          LEFT JOIN tidings.recipients c ON c.recipient = e.recipient
+         ORDER BY e.recipient, e.seq
+        "#,
+        recipient
+    )
+    .fetch(pool);
+    let mut walk = Walk::default();
+    while let Some(row) = links.try_next().await? {
+        if !walk.step(row.into()) {
+            break;
+        }
+    }
+    if walk.verdict.is_none() {
+        walk.finish_recipient();
+    }
+    Ok(Verdict {
+        ok: walk.verdict.is_none(),
+        recipients: walk.recipients,
+        events: walk.events,
+        broken: walk.verdict,
+    })
+}
+
+struct LinkRow {
+    recipient: String,
+    seq: i64,
+    hash: Vec<u8>,
+    canonical: Vec<u8>,
+    last_seq: i64,
+}
+
+impl From<LinkRow> for Link {
+    fn from(row: LinkRow) -> Self {
+        Self {
+            recipient: row.recipient,
+            seq: row.seq,
+            hash: row.hash,
+            canonical: row.canonical,
+            last_seq: row.last_seq,
+        }
+    }
+}
+
+/// Every recipient's newest link, for safekeeping outside the database.
+pub async fn heads(pool: &PgPool, recipient: Option<&str>) -> Result<Vec<Head>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT DISTINCT ON (e.recipient) e.recipient AS "recipient!", e.seq AS "seq!", e.hash AS "hash!"
+          FROM (SELECT recipient, seq, hash FROM tidings.notifications
+                UNION ALL
+                SELECT recipient, seq, hash FROM tidings.reads) e
+         WHERE $1::text IS NULL OR e.recipient = $1
+         ORDER BY e.recipient, e.seq DESC
+        "#,
+        recipient
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| Head {
+            recipient: row.recipient,
+            seq: row.seq,
+            hash: hex::encode(row.hash),
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct VerifyQuery {
+    recipient: Option<String>,
+}
+
+async fn verify_handler(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<VerifyQuery>,
+) -> Result<Json<Verdict>, AppError> {
+    caller.require(Role::Auditor)?;
+    let recipient = query.recipient.as_deref().filter(|r| !r.is_empty());
+    Ok(Json(verify(&state.pool, recipient).await?))
+}

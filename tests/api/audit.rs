@@ -1,0 +1,263 @@
+//! Tamper evidence: every event is chained to its predecessor by SHA-256 in
+//! the database, and `tidings verify` / `GET /v1/audit/verify` find the
+//! first broken link after a superuser edits, deletes or reorders history.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+
+use crate::helpers::{assert_problem, spawn_app, url_of, TestApp};
+use tidings::config::Role;
+
+async fn history(app: &TestApp) {
+    for n in 1..=4 {
+        app.insert("alice", "k", json!({"n": n})).await;
+    }
+    app.insert("bob", "k", json!({})).await;
+    app.post("/v1/notifications/1/read", "alice")
+        .send()
+        .await
+        .expect("read");
+    app.insert("alice", "k", json!({"n": 5})).await;
+}
+
+async fn verify_api(app: &TestApp, recipient: Option<&str>) -> Value {
+    let mut url = format!("{}/v1/audit/verify", app.address);
+    if let Some(recipient) = recipient {
+        url.push_str(&format!("?recipient={recipient}"));
+    }
+    let token = app.token_with("auditor", &[Role::Auditor]);
+    let response = app
+        .client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
+fn verify_cli(app: &TestApp, args: &[&str]) -> (bool, String) {
+    let url = url_of(app.db.connect_options().as_ref());
+    let output = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("verify")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .expect("run tidings verify");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs `statement` as a superuser with the append-only guard switched off.
+async fn tamper(app: &TestApp, statement: &str) {
+    let mut tx = app.db.begin().await.expect("begin");
+    for table in ["notifications", "reads", "read_marks"] {
+        sqlx::query(&format!(
+            "ALTER TABLE tidings.{table} DISABLE TRIGGER append_only"
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("disable");
+    }
+    sqlx::query(statement)
+        .execute(&mut *tx)
+        .await
+        .expect("tamper");
+    for table in ["notifications", "reads", "read_marks"] {
+        sqlx::query(&format!(
+            "ALTER TABLE tidings.{table} ENABLE TRIGGER append_only"
+        ))
+        .execute(&mut *tx)
+        .await
+        .expect("enable");
+    }
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_clean_history_verifies_through_the_api_and_the_cli() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    let verdict = verify_api(&app, None).await;
+    let (cli_ok, cli_out) = verify_cli(&app, &[]);
+
+    assert_eq!(
+        verdict,
+        json!({"ok": true, "recipients": 2, "events": 7, "broken": null})
+    );
+    assert!(cli_ok, "{cli_out}");
+    assert_eq!(verify_api(&app, Some("bob")).await["events"], 1);
+}
+
+#[tokio::test]
+async fn an_edited_payload_is_caught_at_its_seq() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    tamper(&app, "UPDATE tidings.notifications SET payload = '{\"n\": 200}' WHERE recipient = 'alice' AND seq = 2").await;
+    let verdict = verify_api(&app, Some("alice")).await;
+    let (cli_ok, cli_out) = verify_cli(&app, &["--recipient", "alice"]);
+
+    assert_eq!(verdict["ok"], false);
+    assert_eq!(verdict["broken"]["recipient"], "alice");
+    assert_eq!(verdict["broken"]["seq"], 2);
+    assert!(verdict["broken"]["problem"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("hash mismatch"));
+    assert_ne!(verdict["broken"]["expected"], verdict["broken"]["found"]);
+    assert!(!cli_ok);
+    assert!(cli_out.contains("\"seq\": 2"), "{cli_out}");
+}
+
+#[tokio::test]
+async fn a_deleted_event_is_caught() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    tamper(
+        &app,
+        "DELETE FROM tidings.notifications WHERE recipient = 'alice' AND seq = 3",
+    )
+    .await;
+    let verdict = verify_api(&app, None).await;
+
+    assert_eq!(verdict["broken"]["seq"], 3);
+    assert_eq!(verdict["broken"]["problem"], "event missing");
+}
+
+#[tokio::test]
+async fn a_deleted_last_event_is_caught_by_the_counter() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    tamper(
+        &app,
+        "DELETE FROM tidings.notifications WHERE recipient = 'alice' AND seq = 6",
+    )
+    .await;
+    let verdict = verify_api(&app, Some("alice")).await;
+
+    assert_eq!(verdict["broken"]["seq"], 6);
+    assert_eq!(
+        verdict["broken"]["problem"],
+        "events missing at the end of the chain"
+    );
+}
+
+#[tokio::test]
+async fn reordered_events_are_caught() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    tamper(
+        &app,
+        "UPDATE tidings.notifications SET seq = -seq WHERE recipient = 'alice' AND seq IN (2, 3)",
+    )
+    .await;
+    tamper(&app, "UPDATE tidings.notifications SET seq = 5 + seq WHERE recipient = 'alice' AND seq IN (-2, -3)").await;
+    let verdict = verify_api(&app, Some("alice")).await;
+
+    assert_eq!(verdict["ok"], false);
+    assert_eq!(verdict["broken"]["seq"], 2);
+}
+
+#[tokio::test]
+async fn a_chain_rewritten_to_its_end_verifies_again_but_its_head_changes() {
+    let app = spawn_app().await;
+    history(&app).await;
+    let (_, heads_before) = verify_cli(&app, &["--heads"]);
+
+    // A superuser edits seq 2 and recomputes every later link: what the
+    // chain alone cannot catch, and why the heads are kept elsewhere.
+    tamper(&app, "UPDATE tidings.notifications SET payload = '{\"n\": 200}' WHERE recipient = 'alice' AND seq = 2").await;
+    let rewrite = r#"
+        DO $$
+        DECLARE e record; previous bytea := '\x';
+        BEGIN
+          FOR e IN SELECT type, id FROM tidings.audit_log WHERE recipient = 'alice' ORDER BY seq LOOP
+            IF e.type = 'notification' THEN
+              UPDATE tidings.notifications n SET hash = sha256(previous || tidings.canonical(n)) WHERE n.id = e.id RETURNING hash INTO previous;
+            ELSE
+              UPDATE tidings.reads r SET hash = sha256(previous || tidings.canonical(r)) WHERE r.id = e.id RETURNING hash INTO previous;
+            END IF;
+          END LOOP;
+        END $$"#;
+    tamper(&app, rewrite).await;
+    let verdict = verify_api(&app, None).await;
+    let (_, heads_after) = verify_cli(&app, &["--heads"]);
+
+    assert_eq!(verdict["ok"], true, "a full rewrite is consistent");
+    let head = |heads: &str, who: &str| {
+        heads
+            .lines()
+            .find(|l| l.starts_with(&format!("{who}\t")))
+            .map(str::to_owned)
+    };
+    assert_ne!(
+        head(&heads_before, "alice"),
+        head(&heads_after, "alice"),
+        "but alice's head moved"
+    );
+    assert_eq!(head(&heads_before, "bob"), head(&heads_after, "bob"));
+    assert!(head(&heads_before, "alice").is_some_and(|h| h.split('\t').count() == 3));
+}
+
+#[tokio::test]
+async fn verify_needs_the_auditor_role() {
+    let app = spawn_app().await;
+    let url = format!("{}/v1/audit/verify", app.address);
+
+    let anonymous = app.client.get(&url).send().await.expect("request");
+    let recipient = app
+        .client
+        .get(&url)
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .expect("request");
+
+    assert_problem(anonymous, 401).await;
+    assert_problem(recipient, 403).await;
+}
+
+#[tokio::test]
+async fn the_tidings_auditor_role_reads_the_audit_log_and_nothing_else() {
+    let app = spawn_app().await;
+    history(&app).await;
+    let login = format!("auditor_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE ROLE {login} LOGIN"))
+        .execute(&app.db)
+        .await
+        .expect("create role");
+    sqlx::query(&format!("GRANT tidings_auditor TO {login}"))
+        .execute(&app.db)
+        .await
+        .expect("grant");
+
+    let options: PgConnectOptions = app.db.connect_options().as_ref().clone().username(&login);
+    let mut auditor = options.connect().await.expect("connect as the auditor");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tidings.audit_log")
+        .fetch_one(&mut auditor)
+        .await
+        .expect("read the view");
+    let table = sqlx::query("SELECT * FROM tidings.notifications")
+        .execute(&mut auditor)
+        .await;
+    let write =
+        sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('x', 'y')")
+            .execute(&mut auditor)
+            .await;
+    auditor.close().await.expect("close");
+
+    assert_eq!(rows, 7);
+    assert!(table.is_err(), "the tables themselves are not readable");
+    assert!(write.is_err(), "nothing is writable");
+}
