@@ -173,7 +173,11 @@ ALTER TABLE tidings.reads ALTER COLUMN hash SET NOT NULL;
 -- Recipient + time and kind + time are the usual filters.
 CREATE INDEX notifications_recipient_time ON tidings.notifications (recipient, created_at);
 CREATE INDEX notifications_kind_time ON tidings.notifications (kind, created_at);
-CREATE INDEX reads_time ON tidings.reads (created_at);
+CREATE INDEX reads_recipient_time ON tidings.reads (recipient, created_at);
+-- Time-only queries: BRIN suits an append-only table whose rows arrive in
+-- time order, and costs next to nothing per insert.
+CREATE INDEX notifications_time ON tidings.notifications USING brin (created_at);
+CREATE INDEX reads_time ON tidings.reads USING brin (created_at);
 
 -- The whole history, one row per event, in a form auditors can query
 -- directly: notifications with when (and by which event) they were read,

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod audit;
+mod audit_log;
 
 mod bad_input;
 mod bench_smoke;

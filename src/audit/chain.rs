@@ -1,16 +1,14 @@
-//! Audit: tamper evidence for the history. Walks each recipient's hash chain
-//! (invariant I8 in `migrations/0002_audit.sql`) and reports the first
-//! broken link; serves `GET /v1/audit/verify` to callers with the `auditor`
-//! role, and backs `tidings verify` on the command line.
+//! The hash chain's verifier: walks each recipient's chain (invariant I8 in
+//! `migrations/0002_audit.sql`) and reports the first broken link. Backs
+//! `GET /v1/audit/verify` and `tidings verify`.
 //!
-//! The verifier trusts nothing in the database but its rows: it rebuilds
-//! each event's canonical encoding with built-in functions only (not the
-//! migration's `tidings.canonical`, which a superuser could redefine) and
-//! computes SHA-256 itself. It must never write.
+//! It trusts nothing in the database but its rows: it rebuilds each event's
+//! canonical encoding with built-in functions only (not the migration's
+//! `tidings.canonical`, which a superuser could redefine) and computes
+//! SHA-256 itself. It must never write.
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,10 +18,6 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
 use crate::error::AppError;
-
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/audit/verify", get(verify_handler))
-}
 
 /// The outcome of a walk.
 #[derive(Debug, Serialize)]
@@ -249,11 +243,11 @@ pub async fn heads(pool: &PgPool, recipient: Option<&str>) -> Result<Vec<Head>, 
 }
 
 #[derive(Deserialize)]
-struct VerifyQuery {
+pub(super) struct VerifyQuery {
     recipient: Option<String>,
 }
 
-async fn verify_handler(
+pub(super) async fn verify_handler(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<VerifyQuery>,
