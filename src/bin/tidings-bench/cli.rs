@@ -77,6 +77,11 @@ pub struct Common {
     #[arg(long)]
     pub catch_up_concurrency: Option<u32>,
 
+    /// Extra environment for the server, e.g.
+    /// `--server-env TIDINGS_MAX_STREAMS_PER_RECIPIENT=0` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub server_env: Vec<(String, String)>,
+
     /// Client source addresses used, 127.0.0.1 up to 127.0.0.N.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
     pub source_addrs: u8,
@@ -88,6 +93,13 @@ pub struct Common {
     /// Longest wait for deliveries still due after publishing ends.
     #[arg(long, default_value_t = 30.0)]
     pub drain_seconds: f64,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, _)| !key.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))
 }
 
 #[derive(Debug, Clone, Args)]

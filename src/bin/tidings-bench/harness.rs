@@ -70,6 +70,7 @@ impl Harness {
             pool_size: common.pool_size,
             catch_up_concurrency: common.catch_up_concurrency,
             cpus: common.server_cpu.clone(),
+            env: common.server_env.clone(),
         };
         let mut server = tokio::task::block_in_place(|| Server::start(&config))?;
         server.wait_ready(Duration::from_secs(30)).await?;

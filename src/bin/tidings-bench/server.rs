@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub catch_up_concurrency: Option<u32>,
     /// CPUs for `taskset -c`, if pinned.
     pub cpus: Option<String>,
+    /// Extra environment (`--server-env`), applied last.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Server {
@@ -70,6 +72,7 @@ impl Server {
         if let Some(n) = config.catch_up_concurrency {
             command.env("TIDINGS_CATCH_UP_CONCURRENCY", n.to_string());
         }
+        command.envs(config.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", config.binary.display()))?;
