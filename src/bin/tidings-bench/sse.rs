@@ -224,7 +224,8 @@ pub struct SseParser {
     line: Vec<u8>,
     /// The previous byte was a CR, so a following LF belongs to it.
     after_cr: bool,
-    /// At least one byte was seen (a BOM is only stripped at the start).
+    /// The first line is done (a BOM is only stripped from that one, and
+    /// may arrive split across reads).
     started: bool,
     event: String,
     data: String,
@@ -236,17 +237,18 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
-        if !self.started && !bytes.is_empty() {
-            self.started = true;
-            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        }
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
         for &byte in bytes {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
                 b'\n' | b'\r' => {
                     self.after_cr = byte == b'\r';
-                    let line = std::mem::take(&mut self.line);
+                    let mut line = std::mem::take(&mut self.line);
+                    if !std::mem::replace(&mut self.started, true)
+                        && line.starts_with(b"\xEF\xBB\xBF")
+                    {
+                        line.drain(..3);
+                    }
                     self.line_done(&line, out);
                     self.line = line;
                     self.line.clear();
