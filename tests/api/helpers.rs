@@ -225,6 +225,17 @@ impl TestApp {
             .bearer_auth(self.token(recipient))
     }
 
+    /// `GET /v1/notifications` for `recipient`, as JSON.
+    pub async fn inbox(&self, recipient: &str) -> Value {
+        let response = self
+            .get("/v1/notifications", recipient)
+            .send()
+            .await
+            .expect("inbox request");
+        assert_eq!(response.status(), 200, "inbox status");
+        response.json().await.expect("inbox JSON")
+    }
+
     /// [`TestApp::stream`] for an owned recipient name (handy with `join_all`).
     pub async fn stream_owned(&self, recipient: String, last_event_id: Option<i64>) -> SseClient {
         self.stream(&recipient, last_event_id).await

@@ -14,14 +14,7 @@ async fn the_inbox_lists_newest_first_with_unread_count_and_position() {
         app.insert("alice", "k", json!({"n": n})).await;
     }
 
-    let inbox: Value = app
-        .get("/v1/notifications", "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let inbox = app.inbox("alice").await;
 
     let items = inbox["items"].as_array().expect("items");
     assert_eq!(
@@ -69,14 +62,7 @@ async fn loading_the_inbox_then_streaming_from_its_position_misses_nothing() {
     let app = spawn_app().await;
     app.insert_many("alice", 3).await;
 
-    let inbox: Value = app
-        .get("/v1/notifications", "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let inbox = app.inbox("alice").await;
     app.insert("alice", "between", json!({})).await; // after the list, before the stream
     let position = inbox["position"].as_i64().expect("position");
     let mut stream = app.stream("alice", Some(position)).await;
@@ -124,14 +110,7 @@ async fn marking_read_emits_a_read_event_on_every_open_stream_once() {
             "the repeat appended nothing"
         );
     }
-    let inbox: Value = app
-        .get("/v1/notifications", "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let inbox = app.inbox("alice").await;
     assert_eq!(inbox["unread_count"], 2);
     let read_at = |id: i64| {
         inbox["items"]
@@ -178,14 +157,7 @@ async fn read_all_marks_everything_unread_in_one_event() {
             .is_err(),
         "nothing left to mark"
     );
-    let inbox: Value = app
-        .get("/v1/notifications", "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let inbox = app.inbox("alice").await;
     assert_eq!(inbox["unread_count"], 0);
     assert_eq!(inbox["position"], 5);
 }

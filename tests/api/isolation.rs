@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::helpers::{assert_problem, spawn_app};
 
@@ -17,14 +17,7 @@ async fn a_token_never_yields_another_recipients_rows() {
     let first = bob_stream.next().await;
     app.insert("alice", "secret", json!({"for": "alice"})).await;
     let leaked = bob_stream.next_within(Duration::from_millis(300)).await;
-    let inbox: Value = app
-        .get("/v1/notifications", "bob")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let inbox = app.inbox("bob").await;
     let foreign_read = app
         .post(&format!("/v1/notifications/{alice_id}/read"), "bob")
         .send()
@@ -36,14 +29,7 @@ async fn a_token_never_yields_another_recipients_rows() {
     assert_eq!(inbox["items"].as_array().map(Vec::len), Some(1));
     assert_eq!(inbox["items"][0]["payload"], json!({"for": "bob"}));
     assert_problem(foreign_read, 404).await;
-    let alice: Value = app
-        .get("/v1/notifications", "alice")
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let alice = app.inbox("alice").await;
     assert_eq!(
         alice["unread_count"], 2,
         "bob could not mark alice's notification read"
