@@ -1,11 +1,15 @@
 //! Events: a recipient's log as streams see it - notifications and read marks
 //! in `seq` order - and the two queries that read it.
 //!
-//! Owns the wire form of an event (its SSE name and one-line JSON), built
-//! once per event and shared by every stream that sends it. It must never
-//! write: the log is appended to by SQL clients and by the inbox only.
+//! Owns the wire form of an event: its whole SSE frame, rendered once per
+//! event and shared - by reference count, not by copy - with every stream
+//! that sends it. It must never write: the log is appended to by SQL clients
+//! and by the inbox only.
 
+use std::ops::Range;
 use std::sync::Arc;
+
+use axum::body::Bytes;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -19,8 +23,10 @@ pub struct Event {
     /// The recipient's position after this event; the SSE `id`.
     pub seq: i64,
     pub name: EventName,
-    /// One line of JSON: the SSE `data`.
-    pub data: Box<str>,
+    /// `id: <seq>`, `event: <name>`, `data: <one line of JSON>`, blank line.
+    frame: Bytes,
+    /// Where the JSON sits in `frame`.
+    data: Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +50,37 @@ impl EventName {
 impl Event {
     /// Tells a client its position was unknown and it now stands at `position`.
     pub fn reset(position: i64) -> Self {
+        Self::framed(
+            position,
+            EventName::Reset,
+            &format!(r#"{{"position":{position}}}"#),
+        )
+    }
+
+    /// Renders the SSE frame. `json` must be one line: serde_json escapes
+    /// every control character, so CR, LF and NUL cannot occur in it.
+    fn framed(seq: i64, name: EventName, json: &str) -> Self {
+        let mut frame = format!("id: {seq}\nevent: {}\ndata: ", name.as_str());
+        let start = frame.len();
+        frame.push_str(json);
+        let data = start..frame.len();
+        frame.push_str("\n\n");
         Self {
-            seq: position,
-            name: EventName::Reset,
-            data: format!(r#"{{"position":{position}}}"#).into(),
+            seq,
+            name,
+            frame: Bytes::from(frame),
+            data,
         }
+    }
+
+    /// The SSE frame, ready to write: a cheap handle on shared bytes.
+    pub fn frame(&self) -> Bytes {
+        self.frame.clone()
+    }
+
+    /// The event's JSON `data`.
+    pub fn data(&self) -> &str {
+        std::str::from_utf8(&self.frame[self.data.clone()]).unwrap_or_default()
     }
 }
 
@@ -115,11 +147,8 @@ impl Event {
     }
 
     fn new(seq: i64, name: EventName, data: serde_json::Result<String>) -> Self {
-        // Serializing borrowed strings and an already-valid RawValue cannot
-        // fail; and JSON escapes every control character, so `data` is one
-        // line with no CR, LF or NUL, as SSE needs.
-        let data = data.unwrap_or_default().into_boxed_str();
-        Self { seq, name, data }
+        // Serializing borrowed strings and an already-valid RawValue cannot fail.
+        Self::framed(seq, name, &data.unwrap_or_default())
     }
 }
 

@@ -11,17 +11,26 @@
 //! Once the response has started, nothing here turns a database problem
 //! into an HTTP error (a browser's EventSource gives up for good on a
 //! non-200): the stream waits and retries, and heartbeats keep flowing.
+//!
+//! The body is written from each event's pre-rendered frame (see `events`)
+//! rather than through axum's `Sse`, which re-encodes every event for every
+//! connection: with shared frames, fan-out to N streams costs N reference
+//! counts, not N allocations and copies.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::Stream;
@@ -48,7 +57,7 @@ async fn stream(
     caller: Caller,
     headers: HeaderMap,
     uri: Uri,
-) -> Result<impl IntoResponse, AppError> {
+) -> Result<Response, AppError> {
     let position = requested_position(&headers, uri.query())?;
     let slot = state
         .slots
@@ -59,14 +68,64 @@ async fn stream(
         .await
         .ok()
         .and_then(Result::ok);
-    let events = follow(state.clone(), caller.recipient, position, registered, slot);
-    let sse = Sse::new(events).keep_alive(KeepAlive::new().interval(state.streams.heartbeat));
-    // Tells nginx (and proxies that copy it) not to buffer the stream.
-    let no_buffering = (
-        HeaderName::from_static("x-accel-buffering"),
-        HeaderValue::from_static("no"),
-    );
-    Ok(([no_buffering], sse))
+    let frames = follow(state.clone(), caller.recipient, position, registered, slot);
+    let body = Body::from_stream(Heartbeat::new(frames, state.streams.heartbeat));
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        // Tells nginx (and proxies that copy it) not to buffer the stream.
+        (
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ];
+    Ok((headers, body).into_response())
+}
+
+/// Writes a comment line whenever the stream has been quiet for `every`, so
+/// that proxies and browsers keep an idle connection open - also while the
+/// stream itself waits for the database.
+struct Heartbeat<S> {
+    frames: Pin<Box<S>>,
+    quiet_until: Pin<Box<tokio::time::Sleep>>,
+    every: Duration,
+}
+
+impl<S: Stream<Item = Bytes>> Heartbeat<S> {
+    fn new(frames: S, every: Duration) -> Self {
+        let quiet_until = Box::pin(tokio::time::sleep(every));
+        Self {
+            frames: Box::pin(frames),
+            quiet_until,
+            every,
+        }
+    }
+
+    fn rearm(&mut self) {
+        let next = tokio::time::Instant::now() + self.every;
+        self.quiet_until.as_mut().reset(next);
+    }
+}
+
+impl<S: Stream<Item = Bytes>> Stream for Heartbeat<S> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.frames.as_mut().poll_next(cx) {
+            Poll::Ready(Some(frame)) => {
+                self.rearm();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.quiet_until.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.rearm();
+                    Poll::Ready(Some(Ok(Bytes::from_static(b":\n\n"))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 /// The position to resume after: the `Last-Event-ID` header (what browsers
@@ -109,11 +168,11 @@ fn follow(
     position: Option<i64>,
     registered: Option<(i64, Subscription)>,
     slot: Slot,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
         let _slot = slot;
         let _open = Held::new(&state.metrics.open_streams);
-        yield Ok(SseEvent::default().retry(state.streams.retry));
+        yield Bytes::from(format!("retry: {}\n\n", state.streams.retry.as_millis()));
         let registered = match registered {
             Some(registered) => Some(registered),
             None => retry_until_shutdown(&state, || register(&state, &recipient)).await,
@@ -121,7 +180,7 @@ fn follow(
         let Some((latest, mut subscription)) = registered else { return };
         let (mut cursor, reset) = Cursor::start(position, latest);
         if let Some(reset) = reset {
-            yield Ok(to_sse(&reset));
+            yield reset.frame();
         }
         loop {
             // Catch up from the table until it has nothing more...
@@ -134,7 +193,7 @@ fn follow(
                     cursor.advance(event.seq);
                     state.metrics.replayed.inc();
                     state.metrics.delivered.inc();
-                    yield Ok(to_sse(&event));
+                    yield event.frame();
                 }
                 if complete { break }
             }
@@ -148,7 +207,7 @@ fn follow(
                     Live::Event(event) => match cursor.offer(event.seq) {
                         Offer::Send => {
                             state.metrics.delivered.inc();
-                            yield Ok(to_sse(&event));
+                            yield event.frame();
                         }
                         Offer::Duplicate => continue,
                         Offer::Gap => break,
@@ -306,12 +365,4 @@ where
         }
         pause = (pause * 2).min(Duration::from_secs(5));
     }
-}
-
-/// The SSE frame of an event: `id`, `event`, and the one-line JSON `data`.
-pub fn to_sse(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.seq.to_string())
-        .event(event.name.as_str())
-        .data(&*event.data)
 }

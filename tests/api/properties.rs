@@ -2,16 +2,12 @@
 //! of generated cases: the stream cursor (dedupe, gap fill, reset) and the
 //! SSE encoding (one line per field, and every payload round-trips).
 
-use std::convert::Infallible;
-
-use axum::response::sse::Sse;
-use axum::response::IntoResponse;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use tidings::events::Event;
-use tidings::stream::{to_sse, Cursor, Offer};
+use tidings::stream::{Cursor, Offer};
 
 proptest! {
     /// Whatever the hub offers - duplicates, gaps, any order - a stream that
@@ -52,7 +48,7 @@ proptest! {
         let reset = reset.expect("a reset event");
         prop_assert_eq!(cursor.sent(), latest);
         prop_assert_eq!(reset.seq, latest);
-        prop_assert_eq!(serde_json::from_str::<Value>(&reset.data).ok(), Some(json!({"position": latest})));
+        prop_assert_eq!(serde_json::from_str::<Value>(reset.data()).ok(), Some(json!({"position": latest})));
     }
 
     /// Any recipient, kind and payload (newlines, CRs, control characters,
@@ -72,7 +68,7 @@ proptest! {
         let created_at = Utc.timestamp_opt(1_700_000_000, 123_000).single().expect("time");
         let event = Event::notification(id, seq, &recipient, &kind, &raw, created_at);
 
-        let bytes = encode(&event);
+        let bytes = event.frame().to_vec();
         let parsed = parse_sse(&bytes);
 
         prop_assert_eq!(parsed.len(), 1, "one event in {:?}", bytes);
@@ -89,21 +85,6 @@ proptest! {
             prop_assert!(!line.contains(&b'\r') && !line.contains(&0), "raw CR or NUL in {:?}", line);
         }
     }
-}
-
-/// The bytes axum's `Sse` writes for one event.
-fn encode(event: &Event) -> Vec<u8> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let stream = futures_util::stream::iter([Ok::<_, Infallible>(to_sse(event))]);
-        let body = Sse::new(stream).into_response().into_body();
-        axum::body::to_bytes(body, usize::MAX)
-            .await
-            .expect("body")
-            .to_vec()
-    })
 }
 
 /// The HTML standard's event-stream interpretation: (id, event, data) of
