@@ -11,6 +11,7 @@ mod bad_input;
 mod bench_smoke;
 mod cli;
 mod delivery;
+mod examples;
 mod faults;
 mod inbox;
 mod isolation;

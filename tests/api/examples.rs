@@ -1,0 +1,150 @@
+//! The integration examples in `examples/` run for real: publishing from
+//! Python (psycopg), Node (pg) and PHP (PDO, Laravel-style) inside a
+//! transaction, and consuming a stream from Node. Each needs its runtime;
+//! `.ci/run` installs them, and where one is missing locally the test says
+//! so and does not run.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::helpers::{fresh_database, spawn_app};
+
+/// The libpq variables every example reads its connection from.
+fn libpq_env(options: &PgConnectOptions) -> Vec<(&'static str, String)> {
+    let host = match options.get_socket() {
+        Some(socket) => socket.to_string_lossy().into_owned(),
+        None => options.get_host().to_owned(),
+    };
+    let mut env = vec![
+        ("PGHOST", host),
+        ("PGPORT", options.get_port().to_string()),
+        ("PGUSER", options.get_username().to_owned()),
+        (
+            "PGDATABASE",
+            options.get_database().unwrap_or("postgres").to_owned(),
+        ),
+    ];
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        env.push(("PGPASSWORD", password));
+    }
+    env
+}
+
+/// Whether `check` runs successfully; if not, says which test did not run.
+fn available(what: &str, program: &str, args: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("NOT RUN: {what} is not installed here (.ci/run installs it)");
+    }
+    ok
+}
+
+/// Runs a publishing example for a fresh recipient and checks the table:
+/// the committed notification is there, the rolled-back one is not.
+async fn publishes_inside_a_transaction(program: &str, script: &str, kind: &str) {
+    let database = fresh_database().await.expect("database");
+    let db = sqlx::PgPool::connect_with(database.clone())
+        .await
+        .expect("pool");
+    let output = Command::new(program)
+        .arg(script)
+        .arg("carol")
+        .envs(libpq_env(&database))
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT kind FROM tidings.notifications WHERE recipient = 'carol' ORDER BY seq",
+    )
+    .fetch_all(&db)
+    .await
+    .expect("kinds");
+    assert_eq!(
+        kinds,
+        vec![kind.to_owned()],
+        "only the committed notification"
+    );
+    assert!(
+        stdout.contains("committed id=1 seq=1") && stdout.contains("rolled back"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn python_publishes_inside_a_transaction() {
+    if available("Python with psycopg", "python3", &["-c", "import psycopg"]) {
+        publishes_inside_a_transaction("python3", "examples/python/publish.py", "invoice.paid")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn node_publishes_inside_a_transaction() {
+    if available("Node.js", "node", &["--version"])
+        && Path::new("examples/node/node_modules/pg").exists()
+    {
+        publishes_inside_a_transaction("node", "examples/node/publish.mjs", "order.shipped").await;
+    } else {
+        eprintln!("NOT RUN: examples/node needs `npm ci` (.ci/run does it)");
+    }
+}
+
+#[tokio::test]
+async fn php_publishes_inside_a_transaction_like_laravel() {
+    let pdo_pgsql = "exit(extension_loaded('pdo_pgsql') ? 0 : 1);";
+    if available("PHP with pdo_pgsql", "php", &["-r", pdo_pgsql]) {
+        publishes_inside_a_transaction("php", "examples/php/publish.php", "comment.created").await;
+    }
+}
+
+#[tokio::test]
+async fn node_consumes_a_stream_and_resumes_from_last_event_id() {
+    if !available("Node.js", "node", &["--version"]) {
+        return;
+    }
+    let app = spawn_app().await;
+    for n in 1..=3 {
+        app.insert("dave", "k", json!({"n": n})).await;
+    }
+
+    let output = tokio::task::spawn_blocking({
+        let (address, token) = (app.address.clone(), app.token("dave"));
+        move || {
+            Command::new("node")
+                .args(["examples/node/consume.mjs", "2"])
+                .env("TIDINGS_URL", address)
+                .env("TIDINGS_TOKEN", token)
+                .env("LAST_EVENT_ID", "1")
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run node");
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0]["id"], "2");
+    assert_eq!(events[1]["data"]["payload"], json!({"n": 3}));
+    assert_eq!(events[1]["event"], "notification");
+}
