@@ -263,10 +263,8 @@ impl Hub {
         let after: Vec<i64> = batch.iter().map(|(_, fetched)| *fetched).collect();
         let rows = events::after(&self.shared.pool, &names, &after, FETCH_LIMIT).await?;
 
-        let mut fetched_per_recipient: HashMap<String, i64> = HashMap::new();
         let mut channels = lock(&self.shared.channels);
         for (recipient, event) in rows {
-            *fetched_per_recipient.entry(recipient.clone()).or_default() += 1;
             let Some(channel) = channels.get_mut(recipient.as_str()) else {
                 continue;
             };
@@ -276,15 +274,19 @@ impl Hub {
                 let _ = channel.sender.send(event);
             }
         }
+        // `seq` is dense and each fetch reads `after + 1 ..= after + limit`,
+        // so a recipient that reached `after + limit` may have more: go again.
+        let more: Vec<Arc<str>> = batch
+            .iter()
+            .filter(|(name, after)| {
+                channels
+                    .get(name)
+                    .is_some_and(|c| c.fetched >= after + FETCH_LIMIT)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
         drop(channels);
-
-        // A recipient that filled its limit may have more: go again.
-        let mut pending = lock(&self.shared.pending);
-        for (recipient, count) in fetched_per_recipient {
-            if count >= FETCH_LIMIT {
-                pending.recipients.insert(recipient.into());
-            }
-        }
+        lock(&self.shared.pending).recipients.extend(more);
         Ok(())
     }
 }

@@ -18,6 +18,17 @@ async fn kill_listener(app: &TestApp) -> u64 {
     .rows_affected()
 }
 
+/// Switches the NOTIFY trigger off or on: hints lost at the source.
+async fn set_hints(app: &TestApp, on: bool) {
+    let verb = if on { "ENABLE" } else { "DISABLE" };
+    sqlx::query(&format!(
+        "ALTER TABLE tidings.notifications {verb} TRIGGER hint"
+    ))
+    .execute(&app.db)
+    .await
+    .expect("switch hints");
+}
+
 async fn wait_for_readyz(app: &TestApp, status: u16) -> bool {
     for _ in 0..2000 {
         if app.readyz().await == status {
@@ -76,15 +87,9 @@ async fn rows_committed_while_the_listener_is_down_are_delivered_after_it_return
     let app = spawn_app_with(|s| s.listener_check = Duration::from_secs(600)).await;
     let mut stream = app.stream("alice", None).await;
     // Stop hints from reaching tidings at all by dropping them at the source.
-    sqlx::query("ALTER TABLE tidings.notifications DISABLE TRIGGER hint")
-        .execute(&app.db)
-        .await
-        .expect("disable");
+    set_hints(&app, false).await;
     app.insert("alice", "unhinted", json!({})).await;
-    sqlx::query("ALTER TABLE tidings.notifications ENABLE TRIGGER hint")
-        .execute(&app.db)
-        .await
-        .expect("enable");
+    set_hints(&app, true).await;
     assert!(
         stream
             .next_within(Duration::from_millis(300))
@@ -106,10 +111,7 @@ async fn rows_committed_while_the_listener_is_down_are_delivered_after_it_return
 async fn the_sweep_delivers_rows_whose_hint_was_lost() {
     let app = spawn_app_with(|s| s.sweep_interval = Duration::from_millis(300)).await;
     let mut stream = app.stream("alice", None).await;
-    sqlx::query("ALTER TABLE tidings.notifications DISABLE TRIGGER hint")
-        .execute(&app.db)
-        .await
-        .expect("disable");
+    set_hints(&app, false).await;
 
     app.insert("alice", "unhinted", json!({})).await;
     let event = stream
