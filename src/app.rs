@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::FromRef;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::Router;
+use axum::{Extension, Router};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -24,6 +24,7 @@ use crate::auth::Keys;
 use crate::hub::Hub;
 use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
+use crate::openapi::{self, Document};
 use crate::stream::StreamSlots;
 use crate::{audit, db, health, inbox, publish, stream};
 
@@ -202,14 +203,17 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let count_requests =
         axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::count_requests);
-    let mut app = Router::new()
+    let (routes, api) = openapi::router()
         .merge(stream::router())
         .merge(inbox::router())
         .merge(publish::router())
         .merge(health::router())
         .merge(metrics::router())
         .merge(audit::router())
+        .split_for_parts();
+    let mut app = routes
         .with_state(state)
+        .layer(Extension(Document::new(&api)))
         .layer(count_requests)
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

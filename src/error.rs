@@ -5,8 +5,8 @@
 //! details (SQL, connection strings) into a response body: a 5xx says only
 //! that something failed, and its cause chain goes to the log, once.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -62,26 +62,92 @@ impl AppError {
 }
 
 impl From<sqlx::Error> for AppError {
-    /// Losing the database is a transient 503 (clients should retry);
-    /// anything else a 500.
+    /// Losing the database is a transient 503 (clients should retry); a
+    /// value the database cannot store is the client's 400; anything else a
+    /// 500.
     fn from(error: sqlx::Error) -> Self {
         match error {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
                 Self::Unavailable(error)
+            }
+            sqlx::Error::Database(refused) if is_unstorable_input(refused.code().as_deref()) => {
+                Self::BadRequest(format!(
+                    "the database refused a value: {}",
+                    refused.message()
+                ))
             }
             other => Self::Database(other),
         }
     }
 }
 
-/// RFC 9457 `application/problem+json`.
-#[derive(Serialize)]
+/// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
+/// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape) and values too
+/// large to index (54000, say a recipient of many kilobytes).
+fn is_unstorable_input(code: Option<&str>) -> bool {
+    matches!(code, Some("22021" | "22P05" | "22P02" | "54000"))
+}
+
+/// RFC 9457 `application/problem+json`: what every 4xx and 5xx carries.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:tidings:problem:bad-request",
+    "title": "Bad Request",
+    "status": 400,
+    "detail": "Last-Event-ID must be a whole number, got \"abc\""
+}))]
 pub struct Problem {
+    /// A stable name for the kind of problem: `urn:tidings:problem:<slug>`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(value_type = String)]
     pub title: &'static str,
     pub status: u16,
+    /// What went wrong, for a human; never internal details.
     pub detail: String,
+}
+
+/// The problem documents an endpoint can answer with, for its OpenAPI
+/// description: one type per status, so that each path lists exactly the
+/// failures it can produce.
+pub mod problems {
+    use super::Problem;
+
+    macro_rules! problem_response {
+        ($name:ident, $description:literal) => {
+            #[derive(utoipa::ToResponse)]
+            #[response(description = $description, content_type = "application/problem+json")]
+            pub struct $name(#[allow(dead_code)] Problem);
+        };
+    }
+
+    problem_response!(
+        BadRequest,
+        "The request is malformed: a parameter or the body is invalid."
+    );
+    problem_response!(
+        Unauthorized,
+        "No valid token: missing, malformed, badly signed or expired."
+    );
+    problem_response!(
+        Forbidden,
+        "The token is valid but lacks the role this endpoint needs."
+    );
+    problem_response!(NotFound, "No such notification for this recipient.");
+    problem_response!(
+        Conflict,
+        "A concurrent request holds the same idempotency key; retry."
+    );
+    problem_response!(
+        TooManyStreams,
+        "This recipient already has as many streams open here as allowed."
+    );
+    problem_response!(Unavailable, "The database is unreachable; retry later.");
+    problem_response!(
+        Internal,
+        "Something failed inside tidings; the cause is in its log."
+    );
 }
 
 impl IntoResponse for AppError {
@@ -122,6 +188,29 @@ fn cause_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+/// `axum::extract::Query`, except that a query string it cannot parse (a
+/// repeated parameter, say) becomes a problem document.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(AppError))]
+pub struct AppQuery<T>(pub T);
+
+/// `axum::extract::Path`, with the same difference.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub struct AppPath<T>(pub T);
 
 /// `axum::Json`, except that a body it cannot parse becomes a problem
 /// document like every other client error.

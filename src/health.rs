@@ -7,19 +7,51 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(ready))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(alive))
+        .routes(routes!(ready))
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[derive(Serialize, ToSchema)]
+struct Alive {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Readiness {
+    ready: bool,
+    /// `up` or `down`.
+    #[schema(example = "up")]
+    database: &'static str,
+    /// The LISTEN session: `up` or `down`.
+    #[schema(example = "up")]
+    listener: &'static str,
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "The process runs", body = Alive)))]
+async fn alive() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// Readiness: 200 only while the database answers and the LISTEN session is
+/// up, i.e. while this instance can deliver.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses(
+        (status = 200, description = "Ready to deliver", body = Readiness),
+        (status = 503, description = "The database or the LISTEN session is down", body = Readiness),
+    ))]
+async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let query = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
     let database = matches!(
         tokio::time::timeout(Duration::from_secs(2), query).await,
@@ -32,7 +64,10 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let up = |ok: bool| if ok { "up" } else { "down" };
-    let body =
-        json!({"ready": database && listener, "database": up(database), "listener": up(listener)});
+    let body = Readiness {
+        ready: database && listener,
+        database: up(database),
+        listener: up(listener),
+    };
     (status, Json(body))
 }

@@ -7,57 +7,88 @@
 //! so both calls are idempotent and can never touch another recipient's
 //! notifications. This module must never change a notification row.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json as SqlJson;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::Caller;
-use crate::error::AppError;
+use crate::error::{problems, AppError, AppPath, AppQuery};
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/notifications", get(list))
-        .route("/v1/notifications/read-all", post(read_all))
-        .route("/v1/notifications/{id}/read", post(read_one))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read_all))
+        .routes(routes!(read_one))
 }
 
-#[derive(Deserialize)]
+/// Taken as text so that a bad value gets our problem document, not
+/// axum's plain-text rejection; documented as the numbers they must be.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// How many notifications to return, newest first.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
     limit: Option<String>,
+    /// Only notifications with a `seq` below this one: the next page.
+    #[param(value_type = Option<i64>, minimum = 0)]
     before: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A recipient's notifications, and where to stream from to miss nothing.
+#[derive(Serialize, ToSchema)]
 struct Inbox {
     items: Vec<Item>,
+    /// Notifications of this recipient not yet marked read (all of them,
+    /// not just this page).
     unread_count: i64,
     /// The recipient's latest seq as of this very list: stream from here.
     position: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = InboxItem)]
 struct Item {
+    /// Global id: what read marks name.
     id: i64,
+    /// Position in this recipient's log: 1, 2, 3, ...
     seq: i64,
     kind: String,
+    /// Whatever JSON the publisher stored.
+    #[schema(value_type = serde_json::Value)]
     payload: SqlJson<Box<RawValue>>,
     created_at: DateTime<Utc>,
+    /// When it was first marked read, or null while unread.
     read_at: Option<DateTime<Utc>>,
 }
 
+/// The caller's notifications, newest first, with the unread count and the
+/// position to open the stream from (`last_event_id=<position>`).
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "inbox",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the inbox", body = Inbox),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    AppQuery(query): AppQuery<ListQuery>,
 ) -> Result<Json<Inbox>, AppError> {
     let limit = number_param("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -108,7 +139,7 @@ async fn list(
 /// Parses an optional non-negative integer query parameter.
 fn number_param(name: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> {
     match raw {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some(text) => text
             .parse::<i64>()
             .ok()
@@ -120,10 +151,24 @@ fn number_param(name: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> 
     }
 }
 
+/// Marks one notification read. Idempotent: only the first call appends a
+/// read event (which every open stream of the recipient then receives).
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/{id}/read",
+    tag = "inbox",
+    params(("id" = i64, Path, description = "The notification's `id` (not its `seq`)")),
+    responses(
+        (status = 204, description = "Read (now or before)"),
+        (status = 401, response = problems::Unauthorized),
+        (status = 404, response = problems::NotFound),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 async fn read_one(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> Result<StatusCode, AppError> {
     let not_found = || AppError::NotFound(format!("no notification {id} for this recipient"));
     let id: i64 = id.parse().map_err(|_| not_found())?;
@@ -150,6 +195,16 @@ async fn read_one(
 
 /// Marks everything up to the recipient's current position read, as one
 /// read event (or none, if nothing was unread).
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/read-all",
+    tag = "inbox",
+    responses(
+        (status = 204, description = "Everything is read"),
+        (status = 401, response = problems::Unauthorized),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 async fn read_all(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, AppError> {
     sqlx::query!(
         r#"

@@ -20,6 +20,7 @@
 //! - [`publish`]: `POST /v1/notifications` for publishers without SQL access.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`metrics`]: counters and gauges, and `GET /metrics`.
+//! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`audit`]: the hash chain's verifier (`tidings verify`, `/v1/audit/verify`).
 //! - [`auth`]: JWT verification; the only source of a recipient.
 //! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
@@ -40,5 +41,6 @@ pub mod hub;
 pub mod inbox;
 pub mod listener;
 pub mod metrics;
+pub mod openapi;
 pub mod publish;
 pub mod stream;

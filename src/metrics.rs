@@ -15,19 +15,18 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(scrape))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +162,9 @@ impl Metrics {
     }
 }
 
+/// Every metric in the Prometheus (OpenMetrics) text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String)))]
 async fn scrape(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(&state).await;
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";

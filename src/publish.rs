@@ -7,41 +7,104 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json as SqlJson;
+use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Schema};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
-use crate::error::{AppError, AppJson};
+use crate::error::{problems, AppError, AppJson};
 
 /// Most notifications one request may carry.
 const MAX_BATCH: usize = 1000;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/notifications", post(publish))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(publish))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewNotification {
+    /// Who receives it (a token's `sub`).
+    #[schema(min_length = 1)]
     recipient: String,
+    /// What happened, e.g. `comment.created`.
+    #[schema(min_length = 1)]
     kind: String,
+    /// Any JSON; `{}` when absent. Like `recipient` and `kind`, it cannot
+    /// hold U+0000, which PostgreSQL text cannot store (a 400).
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
     /// Retrying with the same key for the same recipient lands once.
     idempotency_key: Option<Uuid>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Published {
     id: i64,
     seq: i64,
 }
 
+/// The request body: one notification, or an array of 1 to `MAX_BATCH`.
+struct PublishRequest;
+/// The answer: one `Published`, or an array in request order.
+struct PublishResponse;
+
+fn one_or_many<T: ToSchema>() -> RefOr<Schema> {
+    let item = || RefOr::Ref(utoipa::openapi::Ref::from_schema_name(T::name()));
+    let many = ArrayBuilder::new()
+        .items(item())
+        .min_items(Some(1))
+        .max_items(Some(MAX_BATCH));
+    OneOfBuilder::new().item(item()).item(many).into()
+}
+
+impl PartialSchema for PublishRequest {
+    fn schema() -> RefOr<Schema> {
+        one_or_many::<NewNotification>()
+    }
+}
+
+impl ToSchema for PublishRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((NewNotification::name().into(), NewNotification::schema()));
+    }
+}
+
+impl PartialSchema for PublishResponse {
+    fn schema() -> RefOr<Schema> {
+        one_or_many::<Published>()
+    }
+}
+
+impl ToSchema for PublishResponse {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Published::name().into(), Published::schema()));
+    }
+}
+
+/// Publishes one notification or a batch (one transaction: all or none),
+/// exactly as an SQL `INSERT` would. Needs the `publisher` role.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    tag = "publish",
+    request_body(content = inline(PublishRequest), description = "One notification or an array of them"),
+    responses(
+        (status = 201, description = "Published: an object for an object, an array for an array", body = inline(PublishResponse)),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 403, response = problems::Forbidden),
+        (status = 409, response = problems::Conflict),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 async fn publish(
     State(state): State<AppState>,
     caller: Caller,

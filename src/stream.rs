@@ -31,13 +31,12 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures_util::Stream;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::auth::{query_param, Caller};
-use crate::error::AppError;
+use crate::error::{problems, AppError};
 use crate::events::{self, Event};
 use crate::hub::{Live, Subscription};
 use crate::metrics::Held;
@@ -48,10 +47,44 @@ const PAGE: i64 = 500;
 /// (the stream then keeps trying on its own).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/stream", get(stream))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream))
 }
 
+/// The caller's events as Server-Sent Events, resumable without a gap or a
+/// duplicate.
+///
+/// Each event is `id: <seq>`, `event: <type>`, `data: <one line of JSON>`:
+///
+/// - `notification`: `{"id", "seq", "recipient", "kind", "payload",
+///   "created_at"}` - a notification was committed.
+/// - `read`: `{"seq", "ids": [...], "created_at"}` - these notification ids
+///   were marked read (from any tab or device).
+/// - `reset`: `{"position"}` - the requested position is beyond the
+///   recipient's latest `seq` (say, after a database restore); the stream
+///   continues from `position`, so reload the inbox.
+///
+/// The stream opens with a `retry:` field and sends a `:` comment line as a
+/// heartbeat whenever it has been quiet for the heartbeat interval. On
+/// reconnect, browsers send `Last-Event-ID` themselves; everything after it
+/// is replayed from the table, then live events follow.
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    tag = "stream",
+    params(
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0,
+            description = "Resume after this `seq` (what EventSource sends on reconnect); wins over `last_event_id`"),
+        ("last_event_id" = Option<i64>, Query, minimum = 0,
+            description = "Resume after this `seq` on a first connect, e.g. the inbox's `position`; `0` replays everything. Absent: live events from now on"),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream` of `notification`, `read` and `reset` events", content_type = "text/event-stream", body = String),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 429, response = problems::TooManyStreams),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,7 +7,7 @@
 //! `tidings.canonical`, which a superuser could redefine) and computes
 //! SHA-256 itself. It must never write.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,10 @@ use sqlx::PgPool;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
-use crate::error::AppError;
+use crate::error::{problems, AppError, AppQuery};
 
 /// The outcome of a walk.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub ok: bool,
     pub recipients: u64,
@@ -29,7 +29,7 @@ pub struct Verdict {
     pub broken: Option<BrokenLink>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BrokenLink {
     pub recipient: String,
     pub seq: i64,
@@ -242,15 +242,32 @@ pub async fn heads(pool: &PgPool, recipient: Option<&str>) -> Result<Vec<Head>, 
         .collect())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct VerifyQuery {
+    /// Walk only this recipient's chain; absent: every chain.
     recipient: Option<String>,
 }
 
+/// Walks the per-recipient hash chains and names the first broken link.
+/// A broken chain is still a 200, with `"ok": false`.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    params(VerifyQuery),
+    responses(
+        (status = 200, description = "The verdict", body = Verdict),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 403, response = problems::Forbidden),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 pub(super) async fn verify_handler(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<VerifyQuery>,
+    AppQuery(query): AppQuery<VerifyQuery>,
 ) -> Result<Json<Verdict>, AppError> {
     caller.require(Role::Auditor)?;
     let recipient = query.recipient.as_deref().filter(|r| !r.is_empty());

@@ -2,7 +2,7 @@
 //! and what of it was unread then - derived from the events, which is what
 //! an event-sourced log is for.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,16 +13,23 @@ use super::{limit_param, time_param};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
-use crate::error::AppError;
+use crate::error::{problems, AppError, AppQuery};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct InboxQuery {
+    /// Whose inbox.
+    #[param(required = true, value_type = String, min_length = 1)]
     recipient: Option<String>,
+    /// The moment, RFC 3339.
+    #[param(required = true, value_type = String, format = DateTime)]
     at: Option<String>,
+    /// How many notifications, newest first.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct InboxAt {
     recipient: String,
     at: DateTime<Utc>,
@@ -33,21 +40,38 @@ pub(super) struct InboxAt {
     position: i64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AuditInboxItem)]
 pub(super) struct Item {
     id: i64,
     seq: i64,
     kind: String,
+    #[schema(value_type = serde_json::Value)]
     payload: SqlJson<Box<RawValue>>,
     created_at: DateTime<Utc>,
     /// When it was read, if that was at or before `at`.
     read_at: Option<DateTime<Utc>>,
 }
 
+/// A recipient's inbox as it stood at a past moment, derived from the
+/// events: what it held and what of it was unread then.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/inbox",
+    tag = "audit",
+    params(InboxQuery),
+    responses(
+        (status = 200, description = "The inbox then", body = InboxAt),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 403, response = problems::Forbidden),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 pub(super) async fn inbox_at(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<InboxQuery>,
+    AppQuery(query): AppQuery<InboxQuery>,
 ) -> Result<Json<InboxAt>, AppError> {
     caller.require(Role::Auditor)?;
     let recipient = query

@@ -8,7 +8,7 @@
 //! that fits it (a generic `$1 IS NULL OR ...` plan cannot).
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -24,21 +24,43 @@ use super::{limit_param, time_param};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
-use crate::error::AppError;
+use crate::error::{problems, AppError, AppQuery};
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Only this recipient's events.
     recipient: Option<String>,
+    /// Only notifications of this kind.
     kind: Option<String>,
+    /// Only `notification` or only `read` events.
     #[serde(rename = "type")]
+    #[param(value_type = Option<EventType>)]
     event_type: Option<String>,
+    /// Created at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<String>,
+    /// Created before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<String>,
+    /// The previous page's `next`.
+    #[param(pattern = r"^-?[0-9]{1,16}\.[nr]\.[0-9]{1,18}$")]
     after: Option<String>,
+    /// Events per page (JSON only; exports stream everything).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
+}
+
+/// The two kinds of event in the log.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Documentation only: the filter is parsed from text.
+enum EventType {
+    Notification,
+    Read,
 }
 
 /// The filters, validated.
@@ -78,6 +100,7 @@ impl Cursor {
         let mut parts = text.split('.');
         let micros = parts
             .next()
+            .and_then(|p| whole_number(p.strip_prefix('-').unwrap_or(p), 16).map(|_| p))
             .and_then(|p| p.parse::<i64>().ok())
             .ok_or_else(invalid)?;
         let event_type = match parts.next() {
@@ -87,7 +110,7 @@ impl Cursor {
         };
         let id = parts
             .next()
-            .and_then(|p| p.parse::<i64>().ok())
+            .and_then(|p| whole_number(p, 18))
             .ok_or_else(invalid)?;
         let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
         if parts.next().is_some() {
@@ -103,7 +126,7 @@ impl Cursor {
 
 impl Filters {
     fn parse(query: &EventsQuery) -> Result<Self, AppError> {
-        let event_type = match query.event_type.as_deref().filter(|t| !t.is_empty()) {
+        let event_type = match query.event_type.as_deref() {
             None => None,
             Some(t @ ("notification" | "read")) => Some(t.to_owned()),
             Some(other) => {
@@ -119,12 +142,7 @@ impl Filters {
             event_type,
             from: time_param("from", query.from.as_deref())?,
             to: time_param("to", query.to.as_deref())?,
-            after: query
-                .after
-                .as_deref()
-                .filter(|a| !a.is_empty())
-                .map(Cursor::decode)
-                .transpose()?,
+            after: query.after.as_deref().map(Cursor::decode).transpose()?,
         })
     }
 
@@ -163,34 +181,72 @@ impl Filters {
     }
 }
 
-#[derive(sqlx::FromRow, Serialize)]
+/// Up to `digits` ASCII digits and nothing else (no sign), as the cursor's
+/// documented pattern says; short enough that every such number fits.
+fn whole_number(text: &str, digits: usize) -> Option<i64> {
+    let valid = (1..=digits).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    text.parse().ok().filter(|_| valid)
+}
+
+#[derive(sqlx::FromRow, Serialize, utoipa::ToSchema)]
 struct AuditEvent {
     #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
     event_type: String,
     recipient: String,
     seq: i64,
+    /// The notification's id, or the read event's id.
     id: i64,
+    /// Notifications only.
     kind: Option<String>,
+    /// Notifications only.
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<SqlJson<Box<RawValue>>>,
+    /// Read events only: the notifications it marked read.
     notification_ids: Option<Vec<i64>>,
     created_at: DateTime<Utc>,
+    /// Notifications only: when first marked read, if ever.
     read_at: Option<DateTime<Utc>>,
+    /// Notifications only: the `seq` of the read event that marked it.
     read_seq: Option<i64>,
+    /// This event's link in the recipient's hash chain (hex SHA-256).
     hash: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AuditPage)]
 struct Page {
     items: Vec<AuditEvent>,
     /// Pass as `after` for the next page; null on the last one.
     next: Option<String>,
 }
 
+/// Every event (notifications and read marks) in log order, filtered. JSON
+/// pages with a keyset cursor; with `Accept: application/x-ndjson` or
+/// `text/csv`, the whole result streamed from one snapshot.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/events",
+    tag = "audit",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "A page of events, or the whole result as NDJSON or CSV",
+            content(
+                (Page = "application/json"),
+                (AuditEvent = "application/x-ndjson"),
+                (String = "text/csv"),
+            )),
+        (status = 400, response = problems::BadRequest),
+        (status = 401, response = problems::Unauthorized),
+        (status = 403, response = problems::Forbidden),
+        (status = 503, response = problems::Unavailable),
+    )
+)]
 pub(super) async fn events(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Query(query): Query<EventsQuery>,
+    AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<Response, AppError> {
     caller.require(Role::Auditor)?;
     let filters = Filters::parse(&query)?;

@@ -9,25 +9,25 @@ pub mod chain;
 pub mod inbox;
 pub mod log;
 
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::app::AppState;
 use crate::error::AppError;
 
 pub use chain::{heads, verify, BrokenLink, Head, Verdict};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/audit/verify", get(chain::verify_handler))
-        .route("/v1/audit/events", get(log::events))
-        .route("/v1/audit/inbox", get(inbox::inbox_at))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(chain::verify_handler))
+        .routes(routes!(log::events))
+        .routes(routes!(inbox::inbox_at))
 }
 
-/// An optional RFC 3339 time parameter.
+/// An optional RFC 3339 time parameter. (Present but empty is invalid, as
+/// the OpenAPI document says: only an absent parameter means "none".)
 fn time_param(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, AppError> {
-    match raw.filter(|r| !r.is_empty()) {
+    match raw {
         None => Ok(None),
         Some(text) => DateTime::parse_from_rfc3339(text)
             .map(|time| Some(time.with_timezone(&Utc)))
@@ -41,7 +41,7 @@ fn time_param(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 
 /// An optional `limit` from 1 to `max`.
 fn limit_param(raw: Option<&str>, default: i64, max: i64) -> Result<i64, AppError> {
-    let Some(text) = raw.filter(|r| !r.is_empty()) else {
+    let Some(text) = raw else {
         return Ok(default);
     };
     text.parse::<i64>()

@@ -124,6 +124,9 @@ async fn bad_publish_bodies_are_a_400_and_store_nothing() {
         r#"[{"recipient": "alice", "kind": "k"}, {"recipient": "", "kind": "k"}]"#,
         r#"[]"#,
         r#"{"recipient": "alice", "kind": "k", "payload": {"text": "nul \u0000"}}"#,
+        // Text PostgreSQL cannot hold, refused by the database itself.
+        r#"{"recipient": "nul \u0000", "kind": "k"}"#,
+        r#"{"recipient": "alice", "kind": "k", "payload": {"lone": "\ud800"}}"#,
     ];
     for body in bodies {
         let response = app
@@ -179,6 +182,8 @@ async fn bad_inbox_parameters_are_a_400() {
         "limit=x",
         "before=-2",
         "before=x",
+        "limit=",
+        "limit=1&limit=2",
     ] {
         let response = app
             .get(&format!("/v1/notifications?{query}"), "alice")
@@ -186,6 +191,33 @@ async fn bad_inbox_parameters_are_a_400() {
             .await
             .expect("get");
         assert_eq!(response.status(), 400, "{query}");
+        assert_problem(response, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_audit_parameters_are_a_400() {
+    let app = spawn_app().await;
+    let auditor = app.token_with("auditor", &[tidings::config::Role::Auditor]);
+    for query in [
+        "events?type=",
+        "events?type=other",
+        "events?after=",
+        "events?after=%2B1.n.1",
+        "events?after=99999999999999999.n.1",
+        "events?from=yesterday",
+        "events?limit=",
+        "events?limit=1&limit=2",
+        "inbox?recipient=alice",
+        "inbox?recipient=alice&at=",
+    ] {
+        let response = app
+            .client
+            .get(format!("{}/v1/audit/{query}", app.address))
+            .bearer_auth(&auditor)
+            .send()
+            .await
+            .expect("get");
         assert_problem(response, 400).await;
     }
 }

@@ -18,6 +18,7 @@ mod isolation;
 mod listener;
 mod log;
 mod metrics;
+mod openapi;
 mod pressure;
 mod properties;
 mod resume;
