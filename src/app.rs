@@ -26,7 +26,7 @@ use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
 use crate::openapi::{self, Document};
 use crate::stream::StreamSlots;
-use crate::{audit, db, health, inbox, publish, stream};
+use crate::{audit, db, health, http, inbox, publish, stream};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -111,15 +111,12 @@ pub async fn serve(
     };
     let background = spawn_background(&state, &settings);
     let app = router(state, &settings.cors_origins);
-    // `into_make_service`: the router is built once, not once per connection.
-    let served = axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    http::serve(listener, app, shutdown.clone()).await;
     shutdown.cancel();
     for task in background {
         let _ = task.await;
     }
-    Ok(served?)
+    Ok(())
 }
 
 /// A database still starting (say, in the same compose file) is waited

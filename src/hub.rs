@@ -4,7 +4,9 @@
 //!
 //! Each recipient with at least one open stream has a [`Channel`]: a bounded
 //! broadcast buffer shared by its streams, plus the `seq` up to which the hub
-//! has fetched. Hints only mark recipients as pending; one fetcher task turns
+//! has fetched. The buffer holds one entry per fetch (a burst of events in
+//! `seq` order), not one per event, so it can be tiny and an idle recipient
+//! costs little. Hints only mark recipients as pending; one fetcher task turns
 //! all pending recipients into a single query and sends what it read.
 //!
 //! The hub must never wait for a client: sending into a full buffer
@@ -25,13 +27,14 @@ use tokio_util::sync::CancellationToken;
 use crate::events::{self, Event};
 use crate::metrics::Metrics;
 
-/// Events buffered per recipient for its streams. A burst larger than this
-/// makes streams catch up from the table instead; a small buffer keeps an
-/// idle recipient cheap (the buffer is allocated up front).
-const BUFFER: usize = 64;
+/// Bursts buffered per recipient for its streams (up to `BUFFER *
+/// FETCH_LIMIT` events). A stream further behind catches up from the table
+/// instead. Small, because the buffer is allocated up front for every
+/// recipient with an open stream.
+const BUFFER: usize = 4;
 /// Most events fetched per recipient per round; a recipient with more is
 /// fetched again in the next round, so one busy recipient cannot hog a round.
-const FETCH_LIMIT: i64 = BUFFER as i64;
+const FETCH_LIMIT: i64 = 64;
 /// Most recipients per fetch query, to keep each query short.
 const BATCH: usize = 1000;
 
@@ -52,8 +55,12 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
+/// One fetch's events for one recipient, in `seq` order, shared by all its
+/// streams.
+pub type Burst = Arc<[Arc<Event>]>;
+
 struct Channel {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: broadcast::Sender<Burst>,
     /// Everything up to here has been sent (or predates the first stream).
     fetched: i64,
 }
@@ -84,13 +91,13 @@ struct Batch {
 /// one for a recipient removes the recipient's channel.
 pub struct Subscription {
     recipient: Arc<str>,
-    receiver: broadcast::Receiver<Arc<Event>>,
+    receiver: broadcast::Receiver<Burst>,
     hub: Arc<Shared>,
 }
 
 /// What a stream learns from its subscription.
 pub enum Live {
-    Event(Arc<Event>),
+    Events(Burst),
     /// The buffer overflowed before this stream read it: read the table.
     Lagged,
     /// The hub is gone (shutting down).
@@ -100,7 +107,7 @@ pub enum Live {
 impl Subscription {
     pub async fn next(&mut self) -> Live {
         match self.receiver.recv().await {
-            Ok(event) => Live::Event(event),
+            Ok(burst) => Live::Events(burst),
             Err(broadcast::error::RecvError::Lagged(_)) => Live::Lagged,
             Err(broadcast::error::RecvError::Closed) => Live::Closed,
         }
@@ -264,14 +271,18 @@ impl Hub {
         let rows = events::after(&self.shared.pool, &names, &after, FETCH_LIMIT).await?;
 
         let mut channels = lock(&self.shared.channels);
-        for (recipient, event) in rows {
+        for (recipient, burst) in bursts(rows) {
             let Some(channel) = channels.get_mut(recipient.as_str()) else {
                 continue;
             };
-            if event.seq > channel.fetched {
-                channel.fetched = event.seq;
+            let fresh: Burst = burst
+                .into_iter()
+                .filter(|event| event.seq > channel.fetched)
+                .collect();
+            if let Some(last) = fresh.last() {
+                channel.fetched = last.seq;
                 // An error only means no stream is listening right now.
-                let _ = channel.sender.send(event);
+                let _ = channel.sender.send(fresh);
             }
         }
         // `seq` is dense and each fetch reads `after + 1 ..= after + limit`,
@@ -289,6 +300,19 @@ impl Hub {
         lock(&self.shared.pending).recipients.extend(more);
         Ok(())
     }
+}
+
+/// Rows of many recipients, ordered by recipient and `seq` (as
+/// `events::after` returns them), as one burst per recipient.
+fn bursts(rows: Vec<(String, Arc<Event>)>) -> Vec<(String, Vec<Arc<Event>>)> {
+    let mut bursts: Vec<(String, Vec<Arc<Event>>)> = Vec::new();
+    for (recipient, event) in rows {
+        match bursts.last_mut() {
+            Some((last, events)) if *last == recipient => events.push(event),
+            _ => bursts.push((recipient, vec![event])),
+        }
+    }
+    bursts
 }
 
 /// The hub's locks guard plain maps that no panic can leave half-updated,

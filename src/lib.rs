@@ -25,6 +25,7 @@
 //! - [`auth`]: JWT verification; the only source of a recipient.
 //! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
 //! - [`app`]: shared state, the router, and the server's lifecycle.
+//! - [`http`]: accepts connections and serves the router on them.
 
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod embedded;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod http;
 pub mod hub;
 pub mod inbox;
 pub mod listener;

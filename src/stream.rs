@@ -231,22 +231,25 @@ fn follow(
                 if complete { break }
             }
             // ...then follow the hub until it skips something.
-            loop {
+            'live: loop {
                 let live = tokio::select! {
                     live = subscription.next() => live,
                     _ = state.shutdown.cancelled() => return,
                 };
-                match live {
-                    Live::Event(event) => match cursor.offer(event.seq) {
+                let burst = match live {
+                    Live::Events(burst) => burst,
+                    Live::Lagged => break,
+                    Live::Closed => return,
+                };
+                for event in burst.iter() {
+                    match cursor.offer(event.seq) {
                         Offer::Send => {
                             state.metrics.delivered.inc();
                             yield event.frame();
                         }
                         Offer::Duplicate => continue,
-                        Offer::Gap => break,
-                    },
-                    Live::Lagged => break,
-                    Live::Closed => return,
+                        Offer::Gap => break 'live,
+                    }
                 }
             }
         }
