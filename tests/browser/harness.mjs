@@ -155,6 +155,7 @@ export class Tidings {
   /** Every server started, for their logs when a scenario fails. */
   static all = [];
   #child = null;
+  #stopping = false;
   #log = '';
 
   constructor(port, { devMode = false, secret = SECRET } = {}) {
@@ -192,6 +193,7 @@ export class Tidings {
     };
     if (this.devMode) delete env.TIDINGS_JWT_SECRET;
     else env.TIDINGS_JWT_SECRET = this.secret;
+    this.#stopping = false;
     const child = spawn(BIN, ['serve'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
     this.#child = child;
     children.add(child);
@@ -199,7 +201,12 @@ export class Tidings {
     child.stderr.on('data', (text) => {
       this.#log += text;
     });
-    child.on('exit', () => children.delete(child));
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      // Said in the log, so a failure can tell a crash (or a signal from
+      // outside) from a stop this scenario asked for.
+      if (!this.#stopping) this.#log += `[harness] tidings exited unasked: code ${code}, signal ${signal}\n`;
+    });
     await eventually(
       `tidings ready on ${this.url}`,
       async () => {
@@ -216,6 +223,7 @@ export class Tidings {
     const child = this.#child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((resolve) => child.once('exit', resolve));
+    this.#stopping = true;
     child.kill('SIGTERM');
     const inTime = await Promise.race([exited.then(() => true), sleep(20_000).then(() => false)]);
     if (!inTime) {
