@@ -26,7 +26,7 @@ use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
 use crate::openapi::{self, Document};
 use crate::stream::StreamSlots;
-use crate::{audit, db, health, http, inbox, publish, stream};
+use crate::{audit, db, health, http, inbox, publish, stream, web};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -48,6 +48,8 @@ pub struct AppState {
     pub slots: StreamSlots,
     /// Cancelled on shutdown: streams end so the server can drain.
     pub shutdown: CancellationToken,
+    /// See [`Settings::demo_mode`].
+    pub demo_mode: bool,
 }
 
 impl FromRef<AppState> for Keys {
@@ -75,6 +77,9 @@ pub struct Settings {
     pub catch_up_concurrency: usize,
     /// Browser origins allowed to call the API from another site.
     pub cors_origins: Vec<HeaderValue>,
+    /// Started without a configured secret: the demo page offers its
+    /// publish form (the logged demo token may publish).
+    pub demo_mode: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +112,7 @@ pub async fn serve(
         catch_up: Arc::new(Semaphore::new(settings.catch_up_concurrency.max(1))),
         slots: StreamSlots::default(),
         shutdown: shutdown.clone(),
+        demo_mode: settings.demo_mode,
         pool,
     };
     let background = spawn_background(&state, &settings);
@@ -207,6 +213,7 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .merge(health::router())
         .merge(metrics::router())
         .merge(audit::router())
+        .merge(web::router())
         .split_for_parts();
     let mut app = routes
         .with_state(state)

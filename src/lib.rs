@@ -19,6 +19,8 @@
 //! - [`inbox`]: the notification list, unread count and read marks.
 //! - [`publish`]: `POST /v1/notifications` for publishers without SQL access.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`web`]: the browser client `/tidings.js` (with `<tidings-bell>`) and
+//!   the demo page `/`, compiled in from `web/`.
 //! - [`metrics`]: counters and gauges, and `GET /metrics`.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
 //! - [`audit`]: the hash chain's verifier (`tidings verify`, `/v1/audit/verify`).
@@ -46,3 +48,4 @@ pub mod metrics;
 pub mod openapi;
 pub mod publish;
 pub mod stream;
+pub mod web;

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use tidings::app::{self, Settings, StreamSettings};
 use tidings::auth::Keys;
-use tidings::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs, TokenArgs, VerifyArgs};
+use tidings::config::{
+    Cli, Command, DatabaseArgs, LogFormat, Role, ServeArgs, TokenArgs, VerifyArgs,
+};
 use tidings::db;
 use tidings::embedded::{EmbeddedPostgres, Options};
 
@@ -88,6 +90,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         sweep_interval: args.sweep_interval,
         catch_up_concurrency: args.catch_up_concurrency,
         cors_origins: cors_origins(&args.cors_origins)?,
+        demo_mode: args.jwt_secret.is_none(),
     };
     let served = app::serve(settings, listener, shutdown).await;
     if let Some(cluster) = cluster {
@@ -99,7 +102,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The configured secret, or a random one for this process plus a demo link.
+/// The configured secret, or a random one for this process plus a demo
+/// link whose token may also publish, for the demo page's form.
 fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
     if let Some(secret) = &args.jwt_secret {
         return Ok(secret.as_bytes().to_vec());
@@ -109,7 +113,11 @@ fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let token = Keys::new(secret.as_bytes()).issue("demo", &[], Duration::from_secs(24 * 3600))?;
+    let token = Keys::new(secret.as_bytes()).issue(
+        "demo",
+        &[Role::Publisher],
+        Duration::from_secs(24 * 3600),
+    )?;
     tracing::warn!(
         "no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only"
     );

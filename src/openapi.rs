@@ -50,6 +50,7 @@ use crate::error::{problems, Problem};
         (name = "publish", description = "Publishing over HTTP (role `publisher`); SQL INSERT is the primary path"),
         (name = "audit", description = "The history for auditors (role `auditor`)"),
         (name = "operations", description = "Health, metrics and this document"),
+        (name = "browser", description = "The browser client and the demo page"),
     )
 )]
 pub struct ApiDoc;

@@ -12,8 +12,9 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::helpers::{fresh_database, spawn_app};
 
-/// The libpq variables every example reads its connection from.
-fn libpq_env(options: &PgConnectOptions) -> Vec<(&'static str, String)> {
+/// The libpq variables every example (and the browser tests) read their
+/// connection from.
+pub fn libpq_env(options: &PgConnectOptions) -> Vec<(&'static str, String)> {
     let host = match options.get_socket() {
         Some(socket) => socket.to_string_lossy().into_owned(),
         None => options.get_host().to_owned(),

@@ -125,6 +125,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         sweep_interval: Duration::from_secs(30),
         catch_up_concurrency: 4,
         cors_origins: vec![],
+        demo_mode: false,
     };
     tweak(&mut settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

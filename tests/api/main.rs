@@ -9,6 +9,7 @@ mod audit_log;
 
 mod bad_input;
 mod bench_smoke;
+mod browser;
 mod cli;
 mod delivery;
 mod examples;

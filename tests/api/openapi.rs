@@ -16,6 +16,9 @@ use tidings::config::Role;
 
 /// Every route SPEC.md names, as the document must list it.
 const CONTRACT: &[&str] = &[
+    "/",
+    "/demo.js",
+    "/tidings.js",
     "/healthz",
     "/metrics",
     "/openapi.json",
@@ -106,7 +109,15 @@ async fn protected_operations_document_401_and_answer_it_without_a_token() {
 
     let document = document(&app).await;
 
-    let public = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+    let public = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/",
+        "/demo.js",
+        "/tidings.js",
+    ];
     let schemes = document["components"]["securitySchemes"]
         .as_object()
         .expect("security schemes");

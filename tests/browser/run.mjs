@@ -1,0 +1,394 @@
+// The browser scenarios: `node tests/browser/run.mjs <scenario>`, each run by
+// one test in tests/api/browser.rs (which sets up the database and the
+// environment). Real tidings, real PostgreSQL, real headless Chromium.
+// Exit status 0 = the scenario's guarantee held; any failure says which.
+
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
+import { PNG } from 'pngjs';
+
+import {
+  ARTIFACTS,
+  RESTORED,
+  Tidings,
+  bellState,
+  bellUntil,
+  check,
+  checkEqual,
+  checkNoPageErrors,
+  cleanUp,
+  database,
+  eventually,
+  launchBrowser,
+  openPage,
+  sleep,
+  token,
+} from './harness.mjs';
+
+/** The longest any scenario may take, start to finish. */
+const SCENARIO_TIMEOUT_MS = 120_000;
+/** "The badge and list update within a second" of the commit. */
+const LIVE_WITHIN_MS = 1000;
+
+const titles = (state) => state.items.map((item) => item.title);
+const ids = (state) => state.items.map((item) => item.id);
+const distinct = (values) => new Set(values).size === values.length;
+
+/** Opens the demo page for `recipient` (a token in the address, as the logged link has). */
+async function demoPage(context, server, recipient) {
+  const page = await openPage(context, `${server.url}/?access_token=${token(recipient)}`);
+  await bellUntil(page, 'the bell is live', (s) => s.status === 'live');
+  return page;
+}
+
+/** Inserts with SQL and measures commit -> badge and list showing it. */
+async function insertAndMeasure(db, page, recipient, title, expectUnread) {
+  await db.insert(recipient, 'test.live', { title });
+  const committed = Date.now();
+  await bellUntil(
+    page,
+    `"${title}" shown with ${expectUnread} unread`,
+    (s) => s.unread === expectUnread && s.badge === String(expectUnread) && s.items[0]?.title === title,
+    { timeout: 10_000 },
+  );
+  return Date.now() - committed;
+}
+
+const scenarios = {
+  /** 1. The printed demo link works; SQL inserts show up within a second. */
+  async live() {
+    const server = await Tidings.start({ devMode: true });
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await openPage(await browser.newContext(), server.demoUrl());
+    await bellUntil(page, 'the bell is live', (s) => s.status === 'live');
+    check(!page.url().includes('access_token'), 'the token is taken out of the address bar');
+
+    const latencies = [];
+    for (let n = 1; n <= 3; n++) {
+      latencies.push(await insertAndMeasure(db, page, 'demo', `Live ${n}`, n));
+    }
+    await db.insertAll('demo', [
+      { kind: 'test.batch', payload: { title: 'Batch A' } },
+      { kind: 'test.batch', payload: { title: 'Batch B' } },
+    ]);
+    const committed = Date.now();
+    const batch = await bellUntil(page, 'a committed batch is shown', (s) => s.unread === 5);
+    latencies.push(Date.now() - committed);
+    checkEqual(titles(batch), ['Batch B', 'Batch A', 'Live 3', 'Live 2', 'Live 1'], 'newest first');
+    console.log(`commit -> badge and list: ${latencies.join(' ms, ')} ms`);
+    for (const latency of latencies) {
+      check(latency <= LIVE_WITHIN_MS, `updated within ${LIVE_WITHIN_MS} ms of the commit (took ${latency} ms)`);
+    }
+
+    // Dev mode: the page's form publishes with the logged token.
+    check(await page.isVisible('#publish'), 'the publish form is shown in dev mode');
+    await page.fill('input[name=title]', 'From the form');
+    await page.click('#publish button[type=submit]');
+    await bellUntil(page, 'the published notification is shown', (s) => s.items[0]?.title === 'From the form');
+    checkEqual(await db.count('demo'), 6, 'six notifications in the table');
+    checkNoPageErrors(page);
+  },
+
+  /** 2. tidings restarts under an open page: the page reconnects and shows each row once. */
+  async restart() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'rita');
+    await insertAndMeasure(db, page, 'rita', 'Before 1', 1);
+    await insertAndMeasure(db, page, 'rita', 'Before 2', 2);
+
+    await server.stop();
+    await bellUntil(page, 'the bell shows the connection is lost', (s) => s.status !== 'live');
+    for (let n = 1; n <= 3; n++) await db.insert('rita', 'test.down', { title: `While down ${n}` });
+    await sleep(1500); // a few of the browser's reconnect attempts fail
+    await server.start();
+
+    const expected = ['While down 3', 'While down 2', 'While down 1', 'Before 2', 'Before 1'];
+    await bellUntil(
+      page,
+      'every row inserted while tidings was down is shown',
+      (s) => s.status === 'live' && s.items.length >= expected.length && s.unread >= expected.length,
+      { timeout: 20_000 },
+    );
+    await insertAndMeasure(db, page, 'rita', 'After', 6);
+    await sleep(1000); // room for a duplicate to show up, if one were coming
+    const state = await bellState(page);
+    checkEqual(titles(state), ['After', ...expected], 'each row exactly once, newest first');
+    check(distinct(ids(state)), 'no notification twice');
+    checkEqual(state.unread, 6, 'unread count');
+    checkNoPageErrors(page);
+  },
+
+  /** 3. A reload loses nothing and doubles nothing, also for rows committed during it. */
+  async reload() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'rob');
+    check(!(await page.isVisible('#publish')), 'no publish form outside dev mode');
+    for (let n = 1; n <= 3; n++) await insertAndMeasure(db, page, 'rob', `Old ${n}`, n);
+    const shadow = (selector) => `tidings-bell >> ${selector}`;
+    await page.click(shadow('.bell'));
+    await page.click(shadow('.item[data-id] >> text=Old 2'));
+    await bellUntil(page, 'the clicked one is read', (s) => s.unread === 2);
+
+    // Rows committed while the page reloads (before, during and after its
+    // inbox load) must each show up once.
+    const reloading = page.reload();
+    await db.insert('rob', 'test.reload', { title: 'During reload 1' });
+    await reloading;
+    await db.insert('rob', 'test.reload', { title: 'During reload 2' });
+    await bellUntil(page, 'the reloaded page is live', (s) => s.status === 'live');
+    await db.insert('rob', 'test.reload', { title: 'After reload' });
+    const expected = ['After reload', 'During reload 2', 'During reload 1', 'Old 3', 'Old 2', 'Old 1'];
+    await bellUntil(page, 'every row shown after the reload', (s) => s.items.length >= expected.length);
+    await sleep(1000);
+    const state = await bellState(page);
+    checkEqual(titles(state), expected, 'nothing lost, nothing doubled');
+    check(distinct(ids(state)), 'no notification twice');
+    checkEqual(state.unread, 5, 'unread count (one was read before the reload)');
+    checkEqual(
+      state.items.filter((item) => !item.unread).map((item) => item.title),
+      ['Old 2'],
+      'the read mark survives the reload',
+    );
+    checkNoPageErrors(page);
+  },
+
+  /** 4. Tabs share one stream; a read mark in one tab reaches the others. */
+  async tabs() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const context = await browser.newContext();
+    const tabs = [];
+    for (let n = 0; n < 3; n++) tabs.push(await demoPage(context, server, 'tess'));
+    const streams = () => server.metric('tidings_open_streams');
+    await eventually('exactly one stream open for three tabs', async () => (await streams()) === 1);
+    await sleep(1000);
+    checkEqual(await streams(), 1, 'still exactly one stream for three tabs');
+
+    await db.insert('tess', 'test.tabs', { title: 'For every tab' });
+    for (const tab of tabs) {
+      await bellUntil(tab, 'each tab shows the new one', (s) => s.unread === 1 && s.items.length === 1);
+    }
+    const [first, second, third] = tabs;
+    await first.click('tidings-bell >> .bell');
+    await first.click('tidings-bell >> .item');
+    await bellUntil(second, "the other tab's badge drops", (s) => s.unread === 0 && s.badge === '');
+    await bellUntil(third, "the third tab's badge drops", (s) => s.unread === 0 && s.badge === '');
+
+    // The leader tab closes: another takes the stream over, from where it stood.
+    const states = await Promise.all(tabs.map(bellState));
+    checkEqual(states.filter((s) => s.leader).length, 1, 'exactly one leader tab');
+    const leader = tabs[states.findIndex((s) => s.leader)];
+    const rest = tabs.filter((tab) => tab !== leader);
+    await leader.close();
+    await db.insert('tess', 'test.tabs', { title: 'After the handover' });
+    for (const tab of rest) {
+      await bellUntil(
+        tab,
+        'a remaining tab shows the one inserted after the leader closed',
+        (s) => s.items.length === 2 && s.unread === 1 && s.status === 'live',
+      );
+    }
+    await eventually('one stream again after the handover', async () => (await streams()) === 1);
+    const after = await Promise.all(rest.map(bellState));
+    checkEqual(after.filter((s) => s.leader).length, 1, 'one new leader');
+    for (const state of after) checkEqual(titles(state), ['After the handover', 'For every tab'], 'no doubles');
+    checkNoPageErrors(...rest);
+  },
+
+  /** 5. Payload text is shown as text: markup in it is never parsed. */
+  async injection() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'ivy');
+    const title = '<img src=x onerror="window.__pwned = 1">';
+    const body = '<b>bold</b><script>window.__pwned = 2</script>';
+    const kind = '<svg onload="window.__pwned = 3">';
+    await db.insert('ivy', kind, { title, body, url: 'javascript:window.__pwned = 4' });
+    await bellUntil(page, 'the notification is shown', (s) => s.unread === 1);
+    await page.click('tidings-bell >> .bell');
+    await page.click('tidings-bell >> .item');
+    await bellUntil(page, 'clicking it marks it read', (s) => s.unread === 0);
+    const shown = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const entry = root.querySelector('.item');
+      return {
+        title: entry.querySelector('.title').textContent,
+        body: entry.querySelector('.body').textContent,
+        kind: entry.querySelector('.kind').textContent,
+        announced: root.querySelector('.announcer').textContent,
+        tag: entry.tagName,
+        markup: root.querySelectorAll('.list img, .list b, .list script, .list svg, .announcer *').length,
+        pwned: window.__pwned ?? null,
+      };
+    });
+    checkEqual(shown.title, title, 'the title is the payload text');
+    checkEqual(shown.body, body, 'the body is the payload text');
+    checkEqual(shown.kind, kind, 'the kind is text');
+    checkEqual(shown.announced, `New notification: ${title}`, 'the live region announces text');
+    checkEqual(shown.markup, 0, 'no element made from payload markup');
+    checkEqual(shown.tag, 'BUTTON', 'a javascript: URL is not made a link');
+    checkEqual(shown.pwned, null, 'no payload script ran');
+    checkNoPageErrors(page);
+  },
+
+  /** 6. The open bell, reached by keyboard, as a picture (test artifact). */
+  async screenshot() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const shots = [];
+    for (const colorScheme of ['light', 'dark']) {
+      const context = await browser.newContext({ viewport: { width: 900, height: 560 }, colorScheme });
+      const recipient = `sam-${colorScheme}`;
+      await db.insert(recipient, 'invoice.paid', { title: 'Invoice #1042 paid', body: '€ 420.00 from ACME Ltd.', url: '/invoices/1042' });
+      await db.insert(recipient, 'comment.created', { text: 'Looks good to me, ship it!' });
+      await db.insert(recipient, 'deploy.finished', { service: 'api', version: '2.4.1' });
+      const page = await demoPage(context, server, recipient);
+      await bellUntil(page, 'three unread', (s) => s.unread === 3);
+      // Keyboard: Tab to the bell, Enter opens, arrows move, Escape closes.
+      await page.focus('tidings-bell >> .bell');
+      await page.keyboard.press('Enter');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      await page.keyboard.press('ArrowDown');
+      await page.keyboard.press('ArrowDown');
+      const focused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.textContent ?? '');
+      check(focused.includes('Looks good to me'), `ArrowDown moves through the list (focused: ${focused})`);
+      await page.keyboard.press('Escape');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'hidden' });
+      const bellFocused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.classList.contains('bell'));
+      check(bellFocused, 'Escape closes the list and puts focus back on the bell');
+      await page.keyboard.press('Enter');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      // Mark one read so the picture shows both states.
+      await page.click('tidings-bell >> .item >> text=Deploy finished');
+      await bellUntil(page, 'one read', (s) => s.unread === 2);
+      await page.mouse.move(0, 0);
+      await page.locator('tidings-bell >> .bell').blur();
+
+      const file = path.join(ARTIFACTS, `bell-open-${colorScheme}.png`);
+      await page.screenshot({ path: file, clip: { x: 420, y: 0, width: 480, height: 400 } });
+      shots.push(file);
+      checkNoPageErrors(page);
+      await context.close();
+    }
+    for (const file of shots) {
+      const colours = distinctColours(readFileSync(file));
+      console.log(`${file}: ${colours} distinct colours`);
+      check(colours >= 16, `${file} is not blank (${colours} distinct colours)`);
+    }
+    writeFileSync(path.join(ARTIFACTS, 'README.txt'), 'Screenshots of the open <tidings-bell>, written by `cargo test --test api browser`.\n');
+  },
+
+  /** 7. An expired or rejected token is renewed and the stream resumes where it stopped. */
+  async token() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await openPage(await browser.newContext(), `${server.url}/`);
+    let minted = 0;
+    await page.exposeFunction('mintToken', () => {
+      minted += 1;
+      return token('tom', { secret: server.secret });
+    });
+    await page.evaluate(() => {
+      document.querySelector('tidings-bell').getToken = () => window.mintToken();
+    });
+    await bellUntil(page, 'the bell is live with a token from getToken', (s) => s.status === 'live');
+    await insertAndMeasure(db, page, 'tom', 'First', 1);
+
+    // A new secret: every token the page holds is now refused.
+    await server.stop();
+    server.secret = `${server.secret}-rotated`;
+    await db.insert('tom', 'test.token', { title: 'While down' });
+    await server.start();
+    await db.insert('tom', 'test.token', { title: 'After restart' });
+    await bellUntil(
+      page,
+      'the bell renewed its token and caught up',
+      (s) => s.status === 'live' && s.items.length === 3,
+      { timeout: 20_000 },
+    );
+    const state = await bellState(page);
+    checkEqual(titles(state), ['After restart', 'While down', 'First'], 'resumed from the last event, once each');
+    check(minted >= 2, `getToken was asked again (${minted} times)`);
+    checkNoPageErrors(page);
+  },
+
+  /** 8. A page ahead of the log (the database was restored) is reset to it. */
+  async reset() {
+    check(RESTORED.url && RESTORED.name, 'a second database (RESTORED_DATABASE_URL) is given');
+    const server = await Tidings.start();
+    const db = await database();
+    const restored = await database(RESTORED.name);
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'rex');
+    for (let n = 1; n <= 3; n++) await insertAndMeasure(db, page, 'rex', `Lost ${n}`, n);
+
+    // The "backup" holds only the first of them, under another title.
+    await restored.insert('rex', 'test.reset', { title: 'Restored' });
+    await server.stop();
+    server.databaseUrl = RESTORED.url;
+    await server.start();
+    await bellUntil(
+      page,
+      'the bell shows the restored inbox',
+      (s) => s.status === 'live' && s.items.length === 1 && s.items[0].title === 'Restored',
+      { timeout: 20_000 },
+    );
+    await restored.insert('rex', 'test.reset', { title: 'After restore' });
+    await bellUntil(page, 'and follows it from there', (s) => s.items.length === 2);
+    await sleep(500);
+    const state = await bellState(page);
+    checkEqual(titles(state), ['After restore', 'Restored'], 'the restored log, each once');
+    checkEqual(state.unread, 2, 'unread count of the restored log');
+    checkNoPageErrors(page);
+  },
+};
+
+/** How many colours a PNG uses (a blank or one-colour picture has one or two). */
+function distinctColours(buffer) {
+  const png = PNG.sync.read(buffer);
+  const colours = new Set();
+  for (let i = 0; i < png.data.length; i += 4) {
+    colours.add((png.data[i] << 16) | (png.data[i + 1] << 8) | png.data[i + 2]);
+  }
+  return colours.size;
+}
+
+async function main() {
+  const name = process.argv[2];
+  const scenario = scenarios[name];
+  if (!scenario) {
+    console.error(`usage: node run.mjs <${Object.keys(scenarios).join('|')}>`);
+    process.exit(2);
+  }
+  const timer = setTimeout(async () => {
+    console.error(`scenario ${name} did not finish within ${SCENARIO_TIMEOUT_MS} ms`);
+    await cleanUp();
+    process.exit(1);
+  }, SCENARIO_TIMEOUT_MS);
+  let failed = false;
+  try {
+    await scenario();
+    console.log(`scenario ${name}: passed`);
+  } catch (error) {
+    failed = true;
+    console.error(`scenario ${name}: FAILED\n${error.stack ?? error}`);
+  } finally {
+    clearTimeout(timer);
+    if (failed) for (const server of Tidings.all) console.error(`--- tidings log (${server.url}), last lines:\n${server.log.split('\n').slice(-25).join('\n')}`);
+    await cleanUp();
+  }
+  process.exit(failed ? 1 : 0);
+}
+
+main();
