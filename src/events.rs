@@ -29,6 +29,10 @@ pub struct Event {
     data: Range<usize>,
 }
 
+/// Room in a frame for everything but its variable parts: the field names,
+/// numbers and the time (a notification's fixed part is about 140 bytes).
+const FRAME_OVERHEAD: usize = 192;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventName {
     Notification,
@@ -50,21 +54,27 @@ impl EventName {
 impl Event {
     /// Tells a client its position was unknown and it now stands at `position`.
     pub fn reset(position: i64) -> Self {
-        Self::framed(
-            position,
-            EventName::Reset,
-            &format!(r#"{{"position":{position}}}"#),
-        )
+        #[derive(Serialize)]
+        struct ResetData {
+            position: i64,
+        }
+        Self::framed(position, EventName::Reset, &ResetData { position }, 0)
     }
 
-    /// Renders the SSE frame. `json` must be one line: serde_json escapes
+    /// Renders the SSE frame, serializing `data` straight into it: one
+    /// allocation per event (`extra` is the caller's estimate of how long
+    /// its variable parts are). The JSON is one line: serde_json escapes
     /// every control character, so CR, LF and NUL cannot occur in it.
-    fn framed(seq: i64, name: EventName, json: &str) -> Self {
-        let mut frame = format!("id: {seq}\nevent: {}\ndata: ", name.as_str());
+    fn framed(seq: i64, name: EventName, data: &impl Serialize, extra: usize) -> Self {
+        use std::io::Write;
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + extra);
+        // Writing into a Vec cannot fail, nor can serializing borrowed
+        // strings, numbers and an already-valid RawValue.
+        let _ = write!(frame, "id: {seq}\nevent: {}\ndata: ", name.as_str());
         let start = frame.len();
-        frame.push_str(json);
+        let _ = serde_json::to_writer(&mut frame, data);
         let data = start..frame.len();
-        frame.push_str("\n\n");
+        frame.extend_from_slice(b"\n\n");
         Self {
             seq,
             name,
@@ -76,6 +86,11 @@ impl Event {
     /// The SSE frame, ready to write: a cheap handle on shared bytes.
     pub fn frame(&self) -> Bytes {
         self.frame.clone()
+    }
+
+    /// The SSE frame, to copy from.
+    pub fn frame_bytes(&self) -> &[u8] {
+        &self.frame
     }
 
     /// The event's JSON `data`.
@@ -132,7 +147,8 @@ impl Event {
             payload,
             created_at,
         };
-        Self::new(seq, EventName::Notification, serde_json::to_string(&data))
+        let extra = recipient.len() + kind.len() + payload.get().len();
+        Self::framed(seq, EventName::Notification, &data, extra)
     }
 
     /// A read event: which notifications became read.
@@ -143,12 +159,8 @@ impl Event {
             ids,
             created_at,
         };
-        Self::new(seq, EventName::Read, serde_json::to_string(&data))
-    }
-
-    fn new(seq: i64, name: EventName, data: serde_json::Result<String>) -> Self {
-        // Serializing borrowed strings and an already-valid RawValue cannot fail.
-        Self::framed(seq, name, &data.unwrap_or_default())
+        let extra = recipient.len() + ids.len() * 8;
+        Self::framed(seq, EventName::Read, &data, extra)
     }
 }
 

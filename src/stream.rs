@@ -222,11 +222,11 @@ fn follow(
                 let page = retry_until_shutdown(&state, || read_page(&state, &recipient, sent)).await;
                 let Some(page) = page else { return };
                 let complete = (page.len() as i64) < PAGE;
-                for event in page {
-                    cursor.advance(event.seq);
-                    state.metrics.replayed.inc();
-                    state.metrics.delivered.inc();
-                    yield event.frame();
+                if let Some(last) = page.last() {
+                    cursor.advance(last.seq);
+                    state.metrics.replayed.inc_by(page.len() as u64);
+                    state.metrics.delivered.inc_by(page.len() as u64);
+                    yield one_chunk(&page);
                 }
                 if complete { break }
             }
@@ -367,6 +367,17 @@ async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscriptio
 
 /// One page of history after `sent`, waiting for a catch-up slot first so a
 /// reconnect storm queues here instead of exhausting the pool.
+/// A page of history as one body chunk: every chunk costs a trip through
+/// the body's layers and the connection, so a replay of thousands of events
+/// pays it per page, not per event.
+fn one_chunk(page: &[Arc<Event>]) -> Bytes {
+    let mut chunk = Vec::with_capacity(page.iter().map(|e| e.frame_bytes().len()).sum());
+    for event in page {
+        chunk.extend_from_slice(event.frame_bytes());
+    }
+    Bytes::from(chunk)
+}
+
 async fn read_page(
     state: &AppState,
     recipient: &str,
