@@ -77,6 +77,8 @@ pub struct Settings {
     pub catch_up_concurrency: usize,
     /// Browser origins allowed to call the API from another site.
     pub cors_origins: Vec<HeaderValue>,
+    /// Largest request head accepted; see `http`.
+    pub max_request_head: usize,
     /// Started without a configured secret: the demo page offers its
     /// publish form (the logged demo token may publish).
     pub demo_mode: bool,
@@ -117,7 +119,7 @@ pub async fn serve(
     };
     let background = spawn_background(&state, &settings);
     let app = router(state, &settings.cors_origins);
-    http::serve(listener, app, shutdown.clone()).await;
+    http::serve(listener, app, settings.max_request_head, shutdown.clone()).await;
     shutdown.cancel();
     for task in background {
         let _ = task.await;

@@ -99,6 +99,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_RECIPIENT", default_value_t = 32)]
     pub max_streams_per_recipient: usize,
 
+    /// Largest request head accepted (request line and headers, cookies
+    /// included), in bytes; a larger one gets 431. It is also the size of
+    /// every connection's read buffer, held as long as a stream is open:
+    /// the default, hyper's minimum, keeps each idle stream about 4.5 KiB
+    /// smaller than any larger value. Raise it if the pages that use
+    /// tidings send it big cookies.
+    #[arg(long, env = "TIDINGS_MAX_REQUEST_HEAD", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
+    pub max_request_head: u32,
+
     /// Log format: `text` for people, `json` (one object per line) for log
     /// pipelines. Filter with RUST_LOG, e.g. RUST_LOG=tidings=debug.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

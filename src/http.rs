@@ -6,10 +6,12 @@
 //! stream holds its connection for hours, and with hyper's defaults each
 //! connection keeps a read buffer that grows to 16 KiB while the response
 //! streams, although a client sends nothing after its request. Here the
-//! buffer is capped at hyper's minimum (8 KiB; requests with larger heads
-//! are refused with 431 either way, as before). Everything else is what
-//! `axum::serve` does: HTTP/1.1 and HTTP/2 (prior knowledge) on the same
-//! port, one task per connection, graceful shutdown.
+//! buffer is capped (`--max-request-head`, by default hyper's minimum of 8
+//! KiB, which saves about 4.5 KiB per idle stream); the cap is also the
+//! largest request head accepted, so a larger one gets 431 (hyper's default
+//! accepts about 400 KiB). Everything else is what `axum::serve` does:
+//! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, one task per
+//! connection, graceful shutdown.
 //!
 //! It must never know about routes or features.
 
@@ -26,14 +28,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// hyper's smallest allowed read buffer, which any request head fits in.
-const READ_BUFFER: usize = 8 * 1024;
-
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for
 /// open connections to finish (streams end on the same signal).
-pub async fn serve(listener: TcpListener, app: Router, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_request_head: usize,
+    shutdown: CancellationToken,
+) {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(READ_BUFFER);
+    // hyper panics below its minimum; config enforces it, this makes sure.
+    builder.http1().max_buf_size(max_request_head.max(8192));
     let connections = GracefulShutdown::new();
     loop {
         let socket = tokio::select! {

@@ -6,7 +6,7 @@ use base64::Engine;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
-use crate::helpers::{assert_problem, spawn_app, TestApp, SECRET};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp, SECRET};
 
 async fn stream_with_last_event_id(app: &TestApp, value: &str) -> reqwest::Response {
     app.get("/v1/stream", "alice")
@@ -220,4 +220,25 @@ async fn bad_audit_parameters_are_a_400() {
             .expect("get");
         assert_problem(response, 400).await;
     }
+}
+
+/// `--max-request-head` bounds request line and headers (and with them
+/// each connection's read buffer): beyond it, 431; raised, big cookies pass.
+#[tokio::test]
+async fn a_request_head_beyond_max_request_head_is_a_431() {
+    let cookie = format!("host_app_session={}", "a".repeat(9000));
+    let get_with_cookie = |app: &TestApp| {
+        app.client
+            .get(format!("{}/healthz", app.address))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+
+    let default = spawn_app().await;
+    let roomy = spawn_app_with(|settings| settings.max_request_head = 64 * 1024).await;
+
+    let refused = get_with_cookie(&default).await.expect("request");
+    let accepted = get_with_cookie(&roomy).await.expect("request");
+    assert_eq!(refused.status(), 431);
+    assert_eq!(accepted.status(), 200);
 }

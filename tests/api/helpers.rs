@@ -125,6 +125,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         sweep_interval: Duration::from_secs(30),
         catch_up_concurrency: 4,
         cors_origins: vec![],
+        max_request_head: 8192,
         demo_mode: false,
     };
     tweak(&mut settings);
