@@ -136,11 +136,9 @@ fn token_from(parts: &Parts) -> Result<Option<String>, AppError> {
 
 /// The decoded value of `name` in a query string.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .unwrap_or_default()
-        .into_iter()
+    form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == name)
-        .map(|(_, value)| value)
+        .map(|(_, value)| value.into_owned())
 }
 
 fn cookie(parts: &Parts, name: &str) -> Option<String> {

@@ -34,6 +34,16 @@ pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
         .connect_lazy_with(options.options([("search_path", "public")]))
 }
 
+/// A read-only transaction on one snapshot, for answers made of several
+/// queries that must agree (an inbox and its position, an export). Begun
+/// with its isolation level in one statement, not `BEGIN` then `SET`.
+pub async fn snapshot(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }

@@ -144,10 +144,6 @@ pub mod problems {
         "This recipient already has as many streams open here as allowed."
     );
     problem_response!(Unavailable, "The database is unreachable; retry later.");
-    problem_response!(
-        Internal,
-        "Something failed inside tidings; the cause is in its log."
-    );
 }
 
 impl IntoResponse for AppError {

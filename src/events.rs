@@ -22,7 +22,6 @@ use sqlx::PgPool;
 pub struct Event {
     /// The recipient's position after this event; the SSE `id`.
     pub seq: i64,
-    pub name: EventName,
     /// `id: <seq>`, `event: <name>`, `data: <one line of JSON>`, blank line.
     frame: Bytes,
     /// Where the JSON sits in `frame`.
@@ -34,7 +33,7 @@ pub struct Event {
 const FRAME_OVERHEAD: usize = 192;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventName {
+enum EventName {
     Notification,
     Read,
     /// The client's position was beyond the log (e.g. after a restore).
@@ -42,7 +41,7 @@ pub enum EventName {
 }
 
 impl EventName {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Self::Notification => "notification",
             Self::Read => "read",
@@ -77,7 +76,6 @@ impl Event {
         frame.extend_from_slice(b"\n\n");
         Self {
             seq,
-            name,
             frame: Bytes::from(frame),
             data,
         }

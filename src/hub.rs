@@ -196,11 +196,6 @@ impl Hub {
         self.shared.wake.notify_one();
     }
 
-    /// How many recipients have open streams.
-    pub fn recipients(&self) -> usize {
-        lock(&self.shared.channels).len()
-    }
-
     /// The fetcher: runs until `shutdown`, turning pending hints into events.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {

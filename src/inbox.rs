@@ -55,20 +55,23 @@ struct Inbox {
     position: i64,
 }
 
+/// One notification as an inbox shows it; also what the audit view of a
+/// past inbox lists.
 #[derive(Serialize, ToSchema)]
 #[schema(as = InboxItem)]
-struct Item {
+pub(crate) struct Item {
     /// Global id: what read marks name.
-    id: i64,
+    pub id: i64,
     /// Position in this recipient's log: 1, 2, 3, ...
-    seq: i64,
-    kind: String,
+    pub seq: i64,
+    pub kind: String,
     /// Whatever JSON the publisher stored.
     #[schema(value_type = serde_json::Value)]
-    payload: SqlJson<Box<RawValue>>,
-    created_at: DateTime<Utc>,
-    /// When it was first marked read, or null while unread.
-    read_at: Option<DateTime<Utc>>,
+    pub payload: SqlJson<Box<RawValue>>,
+    pub created_at: DateTime<Utc>,
+    /// When it was first marked read, or null while unread (in a past
+    /// inbox: if that was at or before the moment asked about).
+    pub read_at: Option<DateTime<Utc>>,
 }
 
 /// The caller's notifications, newest first, with the unread count and the
@@ -100,10 +103,7 @@ async fn list(
 
     // One snapshot for the items and the position, so that "list, then
     // stream from position" can neither miss nor repeat an event.
-    let mut tx = state.pool.begin().await?;
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::db::snapshot(&state.pool).await?;
     let counts = sqlx::query!(
         "SELECT last_seq, notifications - read AS \"unread!\" FROM tidings.recipients WHERE recipient = $1",
         caller.recipient

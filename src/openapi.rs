@@ -41,7 +41,7 @@ use crate::error::{problems, Problem};
             problems::Conflict,
             problems::TooManyStreams,
             problems::Unavailable,
-            problems::Internal,
+            crate::web::NotModified,
         )
     ),
     tags(

@@ -365,8 +365,6 @@ async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscriptio
     Ok((latest, state.hub.subscribe(recipient, latest)))
 }
 
-/// One page of history after `sent`, waiting for a catch-up slot first so a
-/// reconnect storm queues here instead of exhausting the pool.
 /// A page of history as one body chunk: every chunk costs a trip through
 /// the body's layers and the connection, so a replay of thousands of events
 /// pays it per page, not per event.
@@ -378,6 +376,8 @@ fn one_chunk(page: &[Arc<Event>]) -> Bytes {
     Bytes::from(chunk)
 }
 
+/// One page of history after `sent`, waiting for a catch-up slot first so a
+/// reconnect storm queues here instead of exhausting the pool.
 async fn read_page(
     state: &AppState,
     recipient: &str,

@@ -59,14 +59,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(client))
 }
 
+/// What every file here answers to: revalidation by ETag (documentation
+/// only; `Asset::respond` reads the header).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct Revalidate {
+    /// An ETag from an earlier answer.
+    #[param(rename = "If-None-Match")]
+    if_none_match: Option<String>,
+}
+
+/// The answer when that ETag is still current.
+#[derive(utoipa::ToResponse)]
+#[response(description = "Unchanged since the ETag given")]
+pub(crate) struct NotModified;
+
 /// The demo page: the `<tidings-bell>` for the recipient of the
 /// `access_token` in its address, and (dev mode only, i.e. started without
 /// a JWT secret) a form that publishes a test notification.
 #[utoipa::path(get, path = "/", tag = "browser", security(()),
-    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    params(Revalidate),
     responses(
         (status = 200, description = "The page", content_type = "text/html", body = String),
-        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 304, response = NotModified),
     ))]
 async fn demo_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let mut response = PAGES[usize::from(state.demo_mode)].respond(&headers);
@@ -81,10 +97,10 @@ async fn demo_page(State(state): State<AppState>, headers: HeaderMap) -> Respons
 
 /// The demo page's script (kept out of the page for a strict CSP).
 #[utoipa::path(get, path = "/demo.js", tag = "browser", security(()),
-    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    params(Revalidate),
     responses(
         (status = 200, description = "The script", content_type = "text/javascript", body = String),
-        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 304, response = NotModified),
     ))]
 async fn demo_script(headers: HeaderMap) -> Response {
     DEMO_SCRIPT.respond(&headers)
@@ -93,10 +109,10 @@ async fn demo_script(headers: HeaderMap) -> Response {
 /// The browser client: an ES module exporting `connect()` and defining the
 /// `<tidings-bell>` element (see the README, "In the browser").
 #[utoipa::path(get, path = "/tidings.js", tag = "browser", security(()),
-    params(("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    params(Revalidate),
     responses(
         (status = 200, description = "The module", content_type = "text/javascript", body = String),
-        (status = 304, description = "Unchanged since the ETag given"),
+        (status = 304, response = NotModified),
     ))]
 async fn client(headers: HeaderMap) -> Response {
     // Module scripts are fetched with CORS, so a host app on another origin

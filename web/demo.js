@@ -1,6 +1,6 @@
 // The demo page's script (served at /demo.js): takes the token from the
 // address, hands it to the bell, and in dev mode wires the publish form.
-import { TidingsError } from '/tidings.js';
+import { TidingsError, claimsOf } from '/tidings.js';
 
 const STORED = 'tidings-demo-token';
 
@@ -14,15 +14,6 @@ function takeToken() {
   const query = params.toString();
   history.replaceState(null, '', `${location.pathname}${query ? `?${query}` : ''}${location.hash}`);
   return token;
-}
-
-function recipientOf(token) {
-  try {
-    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '='))).sub ?? '';
-  } catch {
-    return '';
-  }
 }
 
 async function publish(token, recipient, form) {
@@ -42,7 +33,7 @@ async function publish(token, recipient, form) {
 }
 
 const token = takeToken();
-const recipient = token ? recipientOf(token) : '';
+const recipient = token ? (claimsOf(token).sub ?? '') : '';
 if (!token) {
   document.getElementById('missing-token').hidden = false;
 } else {

@@ -36,7 +36,7 @@ export class TidingsError extends Error {
 }
 
 /** The claims of a JWT, unverified: only to learn `sub` and `exp` (the server verifies). */
-function claimsOf(token) {
+export function claimsOf(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
     const bytes = Uint8Array.from(atob(part.padEnd(Math.ceil(part.length / 4) * 4, '=')), (c) =>
@@ -107,8 +107,20 @@ class Feed {
     this.#on = options;
     addEventListener('online', this.#onOnline);
     addEventListener('offline', this.#onOffline);
-    // Join the channel before loading, so an event relayed during the load
-    // is buffered rather than missed.
+    this.#start();
+  }
+
+  /**
+   * The shared channel is named after the recipient, so a feed that only
+   * has `getToken` asks for its token first: tabs of different users must
+   * never share a stream. Then it joins the channel before loading, so an
+   * event relayed during the load is buffered rather than missed.
+   */
+  async #start() {
+    if (!this.#token && this.#getToken) {
+      await this.#currentToken().catch((error) => this.#report(error));
+    }
+    if (this.#closed) return;
     this.#elect();
     this.#begin();
   }
@@ -165,6 +177,9 @@ class Feed {
   /** Closes the stream, hands leadership to another tab, stops all timers. */
   close() {
     this.#closed = true;
+    // Loads and events still in flight must not reach the host any more
+    // (say, the bell switched to another user).
+    this.#on = {};
     this.#source?.close();
     this.#source = null;
     clearTimeout(this.#reopenTimer);
@@ -184,11 +199,7 @@ class Feed {
         break;
       } catch (error) {
         this.#report(error);
-        if (error instanceof TidingsError && error.status === 401 && !this.#getToken) {
-          this.#stoppedForAuth = true;
-          this.#setStatus('offline');
-          return;
-        }
+        if (this.#stopIfRefused(error)) return;
         this.#setStatus(attempt >= 2 ? 'offline' : 'reconnecting');
         await sleep(backoff(attempt));
       }
@@ -217,7 +228,13 @@ class Feed {
       this.#becomeLeader();
       return;
     }
-    const recipient = this.#token ? claimsOf(this.#token).sub : 'cookie';
+    // With only a cookie, every tab of this browser is the same user; with
+    // a token that could not be had (or has no `sub`), nobody knows who.
+    const recipient = this.#token ? claimsOf(this.#token).sub : this.#getToken ? null : 'cookie';
+    if (typeof recipient !== 'string') {
+      this.#becomeLeader();
+      return;
+    }
     const name = `tidings:${this.#base.href}:${recipient}`;
     this.#channel = new BroadcastChannel(name);
     this.#channel.onmessage = (message) => this.#relayed(message.data);
@@ -304,12 +321,13 @@ class Feed {
     this.#lostSince ||= Date.now();
     const longLost = Date.now() - this.#lostSince > OFFLINE_AFTER_MS;
     this.#setStatus(longLost || navigator.onLine === false ? 'offline' : 'reconnecting');
+    // An expiring token is renewed by the probe before reopening; the
+    // backoff keeps a client whose clock runs ahead from looping.
     const renew = token && this.#getToken && expiresSoon(token);
     if (source.readyState === EventSource.CLOSED || renew) {
       source.close();
       this.#source = null;
-      if (renew) this.#open();
-      else this.#reopenLater();
+      this.#reopenLater();
     }
   }
 
@@ -326,15 +344,23 @@ class Feed {
       await this.#request('v1/notifications?limit=1');
     } catch (error) {
       this.#report(error);
-      if (error instanceof TidingsError && error.status === 401) {
-        this.#stoppedForAuth = true;
-        this.#setStatus('offline');
-        return;
-      }
-      this.#reopenLater();
+      if (!this.#stopIfRefused(error)) this.#reopenLater();
       return;
     }
     this.#open();
+  }
+
+  /**
+   * A 401 with no way to get another token: wait for `setToken` (or the
+   * network coming back) instead of retrying in vain. With `getToken`, a
+   * refusal is retried, since the next token may be accepted.
+   */
+  #stopIfRefused(error) {
+    const refused = error instanceof TidingsError && error.status === 401;
+    if (!refused || this.#getToken) return false;
+    this.#stoppedForAuth = true;
+    this.#setStatus('offline');
+    return true;
   }
 
   #backOnline() {
@@ -461,7 +487,8 @@ class Feed {
       credentials: token ? 'same-origin' : 'include',
     });
     if (response.status === 401 && this.#getToken && !renewed) {
-      this.#token = null;
+      // Unless a concurrent request has already renewed it.
+      if (this.#token === token) this.#token = null;
       return this.#request(path, init, true);
     }
     if (!response.ok) {

@@ -159,7 +159,7 @@ impl Walk {
 /// query: memory stays constant however long the history is.
 pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, sqlx::Error> {
     let mut links = sqlx::query_as!(
-        LinkRow,
+        Link,
         r#"
         SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.hash AS "hash!", e.canonical AS "canonical!",
                coalesce(c.last_seq, 0) AS "last_seq!"
@@ -182,7 +182,7 @@ pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, s
     .fetch(pool);
     let mut walk = Walk::default();
     while let Some(row) = links.try_next().await? {
-        if !walk.step(row.into()) {
+        if !walk.step(row) {
             break;
         }
     }
@@ -195,26 +195,6 @@ pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, s
         events: walk.events,
         broken: walk.verdict,
     })
-}
-
-struct LinkRow {
-    recipient: String,
-    seq: i64,
-    hash: Vec<u8>,
-    canonical: Vec<u8>,
-    last_seq: i64,
-}
-
-impl From<LinkRow> for Link {
-    fn from(row: LinkRow) -> Self {
-        Self {
-            recipient: row.recipient,
-            seq: row.seq,
-            hash: row.hash,
-            canonical: row.canonical,
-            last_seq: row.last_seq,
-        }
-    }
 }
 
 /// Every recipient's newest link, for safekeeping outside the database.

@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::config::Role;
 use crate::error::{problems, AppError, AppQuery};
+use crate::inbox::Item;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -38,19 +39,6 @@ pub(super) struct InboxAt {
     unread_count: i64,
     /// The recipient's latest seq at that moment.
     position: i64,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = AuditInboxItem)]
-pub(super) struct Item {
-    id: i64,
-    seq: i64,
-    kind: String,
-    #[schema(value_type = serde_json::Value)]
-    payload: SqlJson<Box<RawValue>>,
-    created_at: DateTime<Utc>,
-    /// When it was read, if that was at or before `at`.
-    read_at: Option<DateTime<Utc>>,
 }
 
 /// A recipient's inbox as it stood at a past moment, derived from the
@@ -82,10 +70,7 @@ pub(super) async fn inbox_at(
         .ok_or_else(|| AppError::BadRequest("at is required".into()))?;
     let limit = limit_param(query.limit.as_deref(), 100, 1000)?;
 
-    let mut tx = state.pool.begin().await?;
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::db::snapshot(&state.pool).await?;
     let items = sqlx::query_as!(
         Item,
         r#"

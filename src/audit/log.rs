@@ -100,8 +100,10 @@ impl Cursor {
         let mut parts = text.split('.');
         let micros = parts
             .next()
-            .and_then(|p| whole_number(p.strip_prefix('-').unwrap_or(p), 16).map(|_| p))
-            .and_then(|p| p.parse::<i64>().ok())
+            .and_then(|p| match p.strip_prefix('-') {
+                Some(digits) => whole_number(digits, 16).map(|n| -n),
+                None => whole_number(p, 16),
+            })
             .ok_or_else(invalid)?;
         let event_type = match parts.next() {
             Some("n") => "notification",
@@ -291,8 +293,7 @@ fn export(pool: PgPool, filters: Filters, format: Format) -> Response {
         if let Format::Csv = format {
             yield Bytes::from_static(CSV_HEADER.as_bytes());
         }
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        let mut tx = crate::db::snapshot(&pool).await?;
         let mut sql = filters.select();
         let mut rows = sql.build_query_as::<AuditEvent>().fetch(&mut *tx);
         while let Some(event) = rows.try_next().await? {
@@ -324,30 +325,29 @@ fn line(event: &AuditEvent, format: Format) -> Bytes {
 /// One CSV record (RFC 4180 quoting by the csv crate): payload and ids as
 /// JSON text, times in RFC 3339.
 fn csv_record(event: &AuditEvent) -> Bytes {
-    let payload = event
-        .payload
-        .as_ref()
-        .map(|p| p.0.get().to_owned())
-        .unwrap_or_default();
     let ids = event
         .notification_ids
         .as_ref()
         .map(|ids| serde_json::to_string(ids).unwrap_or_default())
         .unwrap_or_default();
     let record = [
-        event.event_type.clone(),
-        event.recipient.clone(),
-        event.seq.to_string(),
-        event.id.to_string(),
-        event.kind.clone().unwrap_or_default(),
-        payload,
-        ids,
-        event.created_at.to_rfc3339(),
-        event.read_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
-        event.read_seq.map(|s| s.to_string()).unwrap_or_default(),
-        event.hash.clone(),
+        event.event_type.as_str(),
+        &event.recipient,
+        &event.seq.to_string(),
+        &event.id.to_string(),
+        event.kind.as_deref().unwrap_or_default(),
+        event.payload.as_ref().map_or("", |p| p.0.get()),
+        &ids,
+        &event.created_at.to_rfc3339(),
+        &event.read_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        &event.read_seq.map(|s| s.to_string()).unwrap_or_default(),
+        &event.hash,
     ];
-    let mut writer = csv::Writer::from_writer(Vec::new());
-    let _ = writer.write_record(&record);
+    // One writer per row keeps rows independent; its buffer is sized for a
+    // row, not csv's 8 KiB default, since it is made a million times.
+    let mut writer = csv::WriterBuilder::new()
+        .buffer_capacity(256)
+        .from_writer(Vec::with_capacity(256));
+    let _ = writer.write_record(record);
     Bytes::from(writer.into_inner().unwrap_or_default())
 }

@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::error::AppError;
 
-pub use chain::{heads, verify, BrokenLink, Head, Verdict};
+pub use chain::{heads, verify};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::examples::libpq_env;
-use crate::helpers::{fresh_database, spawn_app, spawn_app_with, url_of, SECRET};
+use crate::helpers::{fresh_database, header, runnable, spawn_app, spawn_app_with, url_of, SECRET};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bounds a scenario even if its own timeout (120 s) never fires.
@@ -59,6 +59,11 @@ async fn browser_screenshot_of_the_open_bell_is_not_blank() {
 #[tokio::test]
 async fn browser_renews_a_refused_token_and_resumes_from_the_last_event() {
     run_scenario("token").await;
+}
+
+#[tokio::test]
+async fn browser_tabs_of_different_users_never_share_a_stream() {
+    run_scenario("users").await;
 }
 
 #[tokio::test]
@@ -127,15 +132,6 @@ async fn browser_demo_page_offers_the_publish_form_only_in_dev_mode() {
     assert_ne!(configured_etag, dev_etag, "each variant has its own ETag");
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
-    response
-        .headers()
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 /// Runs `node tests/browser/run.mjs <name>` on a fresh database and fails
 /// with its output unless it exits 0.
 async fn run_scenario(name: &'static str) {
@@ -173,10 +169,7 @@ async fn run(name: &'static str, with_restore: bool) {
 
 /// Whether everything the browser scenarios need is here; in CI, it must be.
 fn browser_available() -> bool {
-    let node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success());
+    let node = runnable("Node.js", "node", &["--version"]);
     let missing: Vec<&str> = [
         (Path::new(CHROMIUM).exists(), "Chromium (/usr/bin/chromium)"),
         (node, "Node.js"),

@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::helpers::{fresh_database, spawn_app};
+use crate::helpers::{fresh_database, runnable, spawn_app};
 
 /// The libpq variables every example (and the browser tests) read their
 /// connection from.
@@ -32,18 +32,6 @@ pub fn libpq_env(options: &PgConnectOptions) -> Vec<(&'static str, String)> {
         env.push(("PGPASSWORD", password));
     }
     env
-}
-
-/// Whether `check` runs successfully; if not, says which test did not run.
-fn available(what: &str, program: &str, args: &[&str]) -> bool {
-    let ok = Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("NOT RUN: {what} is not installed here (.ci/run installs it)");
-    }
-    ok
 }
 
 /// Runs a publishing example for a fresh recipient and checks the table:
@@ -85,7 +73,7 @@ async fn publishes_inside_a_transaction(program: &str, script: &str, kind: &str)
 
 #[tokio::test]
 async fn python_publishes_inside_a_transaction() {
-    if available("Python with psycopg", "python3", &["-c", "import psycopg"]) {
+    if runnable("Python with psycopg", "python3", &["-c", "import psycopg"]) {
         publishes_inside_a_transaction("python3", "examples/python/publish.py", "invoice.paid")
             .await;
     }
@@ -93,7 +81,7 @@ async fn python_publishes_inside_a_transaction() {
 
 #[tokio::test]
 async fn node_publishes_inside_a_transaction() {
-    if available("Node.js", "node", &["--version"])
+    if runnable("Node.js", "node", &["--version"])
         && Path::new("examples/node/node_modules/pg").exists()
     {
         publishes_inside_a_transaction("node", "examples/node/publish.mjs", "order.shipped").await;
@@ -105,14 +93,14 @@ async fn node_publishes_inside_a_transaction() {
 #[tokio::test]
 async fn php_publishes_inside_a_transaction_like_laravel() {
     let pdo_pgsql = "exit(extension_loaded('pdo_pgsql') ? 0 : 1);";
-    if available("PHP with pdo_pgsql", "php", &["-r", pdo_pgsql]) {
+    if runnable("PHP with pdo_pgsql", "php", &["-r", pdo_pgsql]) {
         publishes_inside_a_transaction("php", "examples/php/publish.php", "comment.created").await;
     }
 }
 
 #[tokio::test]
 async fn node_consumes_a_stream_and_resumes_from_last_event_id() {
-    if !available("Node.js", "node", &["--version"]) {
+    if !runnable("Node.js", "node", &["--version"]) {
         return;
     }
     let app = spawn_app().await;

@@ -178,9 +178,7 @@ impl TestApp {
     }
 
     pub fn token(&self, recipient: &str) -> String {
-        self.keys
-            .issue(recipient, &[], Duration::from_secs(3600))
-            .expect("token")
+        self.token_with(recipient, &[])
     }
 
     pub fn token_with(&self, recipient: &str, roles: &[Role]) -> String {
@@ -382,16 +380,42 @@ pub fn seqs(events: &[SseEvent]) -> Vec<i64> {
     events.iter().map(SseEvent::seq).collect()
 }
 
+/// A response header as text ("" when absent or not text).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Whether `program args` runs successfully: the check for a runtime that
+/// a test drives (Python, Node, PHP, Chromium's helpers). If it does not,
+/// says which test did not run - or fails, under CI, which must run
+/// everything (`.ci/run` installs it all).
+pub fn runnable(what: &str, program: &str, args: &[&str]) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run every test, but {what} is missing"
+        );
+        eprintln!("NOT RUN: {what} is not installed here (.ci/run installs it)");
+    }
+    ok
+}
+
 /// Asserts `response` is a problem document with `status`.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/problem+json"
+    );
     let body: Value = response.json().await.expect("problem JSON");
     assert_eq!(body["status"], status);
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());

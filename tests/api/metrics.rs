@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{header, spawn_app, TestApp};
 
 async fn scrape(app: &TestApp) -> String {
     let response = app
@@ -14,12 +14,7 @@ async fn scrape(app: &TestApp) -> String {
         .await
         .expect("scrape");
     assert_eq!(response.status(), 200);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let content_type = header(&response, "content-type");
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"

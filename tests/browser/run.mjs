@@ -323,6 +323,36 @@ const scenarios = {
     checkNoPageErrors(page);
   },
 
+  /** 9. Tabs of different users never share a stream, also when their tokens come from getToken. */
+  async users() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const context = await browser.newContext();
+    const users = { una: 'For Una', val: 'For Val' };
+    const tabs = {};
+    for (const user of Object.keys(users)) {
+      const page = await openPage(context, `${server.url}/`);
+      await page.exposeFunction('mintToken', () => token(user, { secret: server.secret }));
+      await page.evaluate(() => {
+        document.querySelector('tidings-bell').getToken = () => window.mintToken();
+      });
+      await bellUntil(page, `${user}'s bell is live`, (s) => s.status === 'live');
+      tabs[user] = page;
+    }
+    await eventually('one stream per user', async () => (await server.metric('tidings_open_streams')) === 2);
+
+    for (const [user, title] of Object.entries(users)) await db.insert(user, 'test.users', { title });
+    for (const [user, title] of Object.entries(users)) {
+      await bellUntil(tabs[user], `${user} sees their own`, (s) => titles(s).includes(title));
+    }
+    await sleep(500);
+    for (const [user, title] of Object.entries(users)) {
+      checkEqual(titles(await bellState(tabs[user])), [title], `${user} sees nothing of the other user`);
+    }
+    checkNoPageErrors(...Object.values(tabs));
+  },
+
   /** 8. A page ahead of the log (the database was restored) is reset to it. */
   async reset() {
     check(RESTORED.url && RESTORED.name, 'a second database (RESTORED_DATABASE_URL) is given');

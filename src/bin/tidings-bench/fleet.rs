@@ -41,10 +41,22 @@ pub struct FleetConfig {
 #[derive(Clone, Copy, Debug)]
 pub struct StreamSpec {
     pub recipient: usize,
-    /// Resume after this position (sent as `Last-Event-ID`).
-    pub after: i64,
-    /// Events this stream should end up with, when known up front.
+    /// Events this stream should end up with (all of them from position 0,
+    /// sent as `Last-Event-ID`), when known up front.
     pub expect: u64,
+}
+
+impl StreamSpec {
+    /// `streams` streams spread over `recipients` in turn, nothing expected
+    /// up front.
+    pub fn round_robin(streams: usize, recipients: usize) -> Vec<Self> {
+        (0..streams)
+            .map(|i| Self {
+                recipient: i % recipients.max(1),
+                expect: 0,
+            })
+            .collect()
+    }
 }
 
 /// Shared counters, read while the fleet runs.
@@ -247,7 +259,7 @@ impl StreamTask {
             spec: self.spec,
             established: false,
             error: None,
-            tracker: Tracker::new(self.spec.after),
+            tracker: Tracker::new(0),
             latencies_us: Vec::new(),
             receipts: Vec::new(),
             reconnects: 0,

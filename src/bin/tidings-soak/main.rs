@@ -55,13 +55,13 @@ struct Args {
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     writer_pause: Duration,
     /// Distinct recipients.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, value_parser = at_least_one)]
     recipients: usize,
     /// Stream clients per recipient.
     #[arg(long, default_value_t = 3)]
     clients_per_recipient: usize,
     /// tidings processes sharing the database.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     instances: usize,
     /// Faults to inject, in turn: comma-separated, or `all`, or `none`.
     #[arg(long, default_value = "all", value_delimiter = ',')]
@@ -159,6 +159,9 @@ struct Rig {
     admin: PgPool,
     proxy: proxy::Proxy,
     fleet: Vec<tokio::sync::Mutex<Instance>>,
+    /// Where each instance listens (fixed for the whole run): clients'
+    /// rotation, read without locking instances that faults may hold.
+    addresses: Vec<String>,
 }
 
 async fn soak(args: &Args, faults: &[Fault]) -> Result<Report> {
@@ -274,9 +277,11 @@ async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
         ("RUST_LOG".to_owned(), "warn".to_owned()),
     ];
     let mut fleet = Vec::new();
+    let mut addresses = Vec::new();
     for _ in 0..args.instances {
         let mut instance = Instance::new(binary.clone(), free_port().await?, env.clone());
         instance.start().await?;
+        addresses.push(instance.address.clone());
         fleet.push(tokio::sync::Mutex::new(instance));
     }
     Ok(Rig {
@@ -284,7 +289,18 @@ async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
         admin,
         proxy,
         fleet,
+        addresses,
     })
+}
+
+/// Counts that must be at least 1 (0 would leave nothing to rotate over).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "expected a whole number of at least 1, got {text:?}"
+        )),
+    }
 }
 
 async fn free_port() -> Result<u16> {
@@ -298,12 +314,7 @@ fn spawn_clients(
     finish: client::Finish,
 ) -> Vec<tokio::task::JoinHandle<ClientLog>> {
     let keys = tidings::auth::Keys::new(SECRET.as_bytes());
-    let mut addresses: Vec<String> = Vec::new();
-    for instance in &rig.fleet {
-        if let Ok(instance) = instance.try_lock() {
-            addresses.push(instance.address.clone());
-        }
-    }
+    let addresses = &rig.addresses;
     let mut handles = Vec::new();
     for (r, recipient) in recipients.iter().enumerate() {
         let Ok(token) = keys.issue(recipient, &[], Duration::from_secs(24 * 3600)) else {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{fleet_config, memory, one_each, recipients, tokens};
+use super::{fleet_config, memory, millis, one_each, recipients, tokens};
 use crate::cli::Cli;
 use crate::dbstats::round;
 use crate::fleet::{Fleet, Progress, StreamSpec};
@@ -32,13 +32,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let rss_base = procfs::rss_kib(pid)?;
     let fds_base = procfs::open_files(pid);
 
-    let specs = (0..streams)
-        .map(|i| StreamSpec {
-            recipient: i % count,
-            after: 0,
-            expect: 0,
-        })
-        .collect();
+    let specs = StreamSpec::round_robin(streams, count);
     let opening = Instant::now();
     let fleet = Fleet::open(fleet_config(cli, harness), specs, tokens);
     fleet.wait_opened(Duration::from_secs(600)).await;
@@ -70,10 +64,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let all = fleet
         .wait_received(expected, Duration::from_secs_f64(cli.common.drain_seconds))
         .await;
-    report.metric(
-        "deliver_one_each_ms",
-        round(delivering.elapsed().as_secs_f64() * 1000.0, 1),
-    );
+    report.metric("deliver_one_each_ms", millis(delivering.elapsed()));
     report.metric("server_rss_kib.after_delivery", procfs::rss_kib(pid)?);
     if !all {
         crate::progress("not every stream got its event in time");

@@ -129,13 +129,7 @@ async fn steady_load(
 
     let mut config = fleet_config(cli, harness);
     config.measure_latency = true;
-    let specs = (0..shape.streams)
-        .map(|i| StreamSpec {
-            recipient: i % shape.recipients,
-            after: 0,
-            expect: 0,
-        })
-        .collect();
+    let specs = StreamSpec::round_robin(shape.streams, shape.recipients);
     let opening = Instant::now();
     let fleet = Fleet::open(config, specs, tokens);
     fleet.wait_opened(Duration::from_secs(300)).await;

@@ -26,13 +26,11 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     report.condition("analyze_after_fill", sizes.replay_analyze);
 
     let single = recipients("replay-one", 1);
-    let filled = fill(harness, &single, sizes.replay_rows, sizes.replay_analyze).await?;
-    report.metric("setup.single_fill_rows_per_s", filled);
-    let rate = resume(
+    let rate = fill_and_resume(
         cli,
         harness,
         &mut report,
-        "single.",
+        "single",
         single,
         sizes.replay_rows,
     )
@@ -40,13 +38,11 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let single_rate = rate.events_per_s;
 
     let many = recipients("replay-many", sizes.replay_streams);
-    let filled = fill(harness, &many, sizes.replay_rows_each, sizes.replay_analyze).await?;
-    report.metric("setup.many_fill_rows_per_s", filled);
-    let all = resume(
+    let all = fill_and_resume(
         cli,
         harness,
         &mut report,
-        "many.",
+        "many",
         many,
         sizes.replay_rows_each,
     )
@@ -63,6 +59,21 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
         all.caught_up_s <= 2.0 && all.clean,
     );
     Ok(report)
+}
+
+/// Writes `rows` events for each of `names`, then has one stream per name
+/// resume from position 0; metrics are prefixed with `label`.
+async fn fill_and_resume(
+    cli: &Cli,
+    harness: &mut Harness,
+    report: &mut Report,
+    label: &str,
+    names: Arc<Vec<String>>,
+    rows: u64,
+) -> Result<Resumed> {
+    let filled = fill(harness, &names, rows, cli.sizes.replay_analyze).await?;
+    report.metric(&format!("setup.{label}_fill_rows_per_s"), filled);
+    resume(cli, harness, report, &format!("{label}."), names, rows).await
 }
 
 /// Appends `rows` notifications for each of `names`, sorted by recipient,
@@ -123,7 +134,6 @@ async fn resume(
     let specs = (0..count)
         .map(|i| StreamSpec {
             recipient: i,
-            after: 0,
             expect: rows,
         })
         .collect();

@@ -27,13 +27,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let tokens = tokens(harness, &names)?;
     let mut config = fleet_config(cli, harness);
     config.reconnect = Some(Duration::from_millis(cli.sizes.retry_ms));
-    let specs = (0..streams)
-        .map(|i| StreamSpec {
-            recipient: i % count,
-            after: 0,
-            expect: 0,
-        })
-        .collect();
+    let specs = StreamSpec::round_robin(streams, count);
     let fleet = Fleet::open(config, specs, tokens);
     fleet.wait_live(streams, Duration::from_secs(300)).await;
     report.metric(
