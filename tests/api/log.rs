@@ -219,3 +219,79 @@ async fn publishing_twice_with_one_idempotency_key_returns_the_same_notification
         .expect("count");
     assert_eq!(rows, 1);
 }
+
+/// How far the counter rows of `recipients` are from what their events say
+/// (latest seq, totals, the latest event's hash), plus any gap in a
+/// recipient's seqs: 0 when the log and its counters agree.
+async fn disagreements(tx: &mut sqlx::PgConnection, recipients: &[&str]) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) AS who
+           LEFT JOIN tidings.recipients r ON r.recipient = who
+          WHERE (r.last_seq, r.notifications, r.read, r.last_hash) IS DISTINCT FROM (
+                 (SELECT max(seq) FROM tidings.events WHERE recipient = who),
+                 (SELECT count(*) FROM tidings.notifications WHERE recipient = who),
+                 (SELECT count(*) FROM tidings.read_marks WHERE recipient = who),
+                 (SELECT hash FROM (SELECT seq, hash FROM tidings.notifications WHERE recipient = who
+                                    UNION ALL
+                                    SELECT seq, hash FROM tidings.reads WHERE recipient = who) latest
+                   ORDER BY seq DESC LIMIT 1))
+             OR (SELECT count(*) <> max(seq) FROM tidings.events WHERE recipient = who)",
+    )
+    .bind(recipients)
+    .fetch_one(tx)
+    .await
+    .expect("compare counters with events")
+}
+
+#[tokio::test]
+async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed_transaction() {
+    // Arrange: statements that hit and miss the per-transaction cache in
+    // every way - interleaved recipients, runs of one recipient, a read in
+    // between, a savepoint rolled back, and a run continued by the next
+    // statement.
+    let app = spawn_app().await;
+    let who = ["alice", "bob"];
+    let statements = [
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'interleaved' FROM unnest('{alice,bob,alice,bob,alice}'::text[]) AS r",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT 'alice', 'run' FROM generate_series(1, 3)",
+        "INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'continued')",
+        "SAVEPOINT s",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'undone' FROM unnest('{alice,alice,bob}'::text[]) AS r",
+        "ROLLBACK TO SAVEPOINT s",
+        "INSERT INTO tidings.reads (recipient, notification_ids)
+         SELECT 'alice', array_agg(id) FROM tidings.notifications WHERE recipient = 'alice' AND seq <= 2",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'after the read' FROM unnest('{alice,alice,bob,bob}'::text[]) AS r",
+    ];
+
+    // Act and assert: the counters agree with the events at every
+    // statement boundary, inside the transaction and after it.
+    let mut tx = app.db.begin().await.expect("begin");
+    for statement in statements {
+        sqlx::query(statement)
+            .execute(&mut *tx)
+            .await
+            .expect(statement);
+        assert_eq!(disagreements(&mut tx, &who).await, 0, "after {statement}");
+    }
+    tx.commit().await.expect("commit");
+    let mut conn = app.db.acquire().await.expect("connection");
+    assert_eq!(disagreements(&mut conn, &who).await, 0, "after commit");
+
+    let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT recipient, last_seq, read FROM tidings.recipients ORDER BY recipient",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("counters");
+    assert_eq!(
+        counts,
+        [("alice".into(), 9 + 1, 2), ("bob".into(), 2 + 2, 0)],
+        "alice: 3 + 3 + 1 + 2 notifications and a read; bob: 2 + 2"
+    );
+    let verdict = tidings::audit::verify(&app.db, None).await.expect("verify");
+    assert!(verdict.ok, "the hash chain verifies: {:?}", verdict.broken);
+}

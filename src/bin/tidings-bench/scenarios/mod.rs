@@ -80,7 +80,7 @@ pub fn fleet_config(cli: &Cli, harness: &Harness) -> FleetConfig {
     }
 }
 
-/// One row per recipient in a single sorted INSERT ... SELECT (one NOTIFY).
+/// One row per recipient in a single sorted INSERT ... SELECT (one commit).
 pub async fn one_each(harness: &Harness, recipients: &[String]) -> Result<()> {
     sqlx::query(
         "INSERT INTO tidings.notifications (recipient, kind, payload)
