@@ -57,28 +57,14 @@ impl Event {
         struct ResetData {
             position: i64,
         }
-        Self::framed(position, EventName::Reset, &ResetData { position }, 0)
-    }
-
-    /// Renders the SSE frame, serializing `data` straight into it: one
-    /// allocation per event (`extra` is the caller's estimate of how long
-    /// its variable parts are). The JSON is one line: serde_json escapes
-    /// every control character, so CR, LF and NUL cannot occur in it.
-    fn framed(seq: i64, name: EventName, data: &impl Serialize, extra: usize) -> Self {
-        use std::io::Write;
-        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + extra);
-        // Writing into a Vec cannot fail, nor can serializing borrowed
-        // strings, numbers and an already-valid RawValue.
-        let _ = write!(frame, "id: {seq}\nevent: {}\ndata: ", name.as_str());
-        let start = frame.len();
-        let _ = serde_json::to_writer(&mut frame, data);
-        let data = start..frame.len();
-        frame.extend_from_slice(b"\n\n");
-        Self {
-            seq,
-            frame: Bytes::from(frame),
-            data,
-        }
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD);
+        let data = render(
+            &mut frame,
+            position,
+            EventName::Reset,
+            &ResetData { position },
+        );
+        Self::new(position, frame, data)
     }
 
     /// The SSE frame, ready to write: a cheap handle on shared bytes.
@@ -97,11 +83,25 @@ impl Event {
     }
 }
 
-/// A row of the `tidings.events` view.
-struct LogRow {
-    recipient: String,
+/// Appends one SSE frame to `out`; returns where its JSON sits. The JSON is
+/// one line: serde_json escapes every control character, so CR, LF and NUL
+/// cannot occur in it.
+fn render(out: &mut Vec<u8>, seq: i64, name: EventName, data: &impl Serialize) -> Range<usize> {
+    use std::io::Write;
+    // Writing into a Vec cannot fail, nor can serializing borrowed strings,
+    // numbers and an already-valid RawValue.
+    let _ = write!(out, "id: {seq}\nevent: {}\ndata: ", name.as_str());
+    let start = out.len();
+    let _ = serde_json::to_writer(&mut *out, data);
+    let data = start..out.len();
+    out.extend_from_slice(b"\n\n");
+    data
+}
+
+/// One event as read from the `tidings.events` view, less its recipient.
+struct Row {
     seq: i64,
-    event_type: String,
+    is_read: bool,
     id: i64,
     kind: Option<String>,
     payload: Option<Json<Box<RawValue>>>,
@@ -127,7 +127,58 @@ struct ReadData<'a> {
     created_at: DateTime<Utc>,
 }
 
+impl Row {
+    /// Appends this event's frame to `out`: the one place a row becomes
+    /// wire bytes, for live bursts and replayed pages alike.
+    fn render(&self, recipient: &str, out: &mut Vec<u8>) -> Range<usize> {
+        if self.is_read {
+            let data = ReadData {
+                seq: self.seq,
+                recipient,
+                ids: self.notification_ids.as_deref().unwrap_or_default(),
+                created_at: self.created_at,
+            };
+            render(out, self.seq, EventName::Read, &data)
+        } else {
+            let data = NotificationData {
+                id: self.id,
+                seq: self.seq,
+                recipient,
+                kind: self.kind.as_deref().unwrap_or_default(),
+                payload: self.payload.as_ref().map_or(RawValue::NULL, |json| &json.0),
+                created_at: self.created_at,
+            };
+            render(out, self.seq, EventName::Notification, &data)
+        }
+    }
+
+    /// How long this event's variable parts are, roughly.
+    fn variable_len(&self, recipient: &str) -> usize {
+        let kind = self.kind.as_ref().map_or(0, String::len);
+        let payload = self.payload.as_ref().map_or(0, |json| json.0.get().len());
+        let ids = self
+            .notification_ids
+            .as_ref()
+            .map_or(0, |ids| ids.len() * 8);
+        recipient.len() + kind + payload + ids
+    }
+}
+
 impl Event {
+    fn from_row(recipient: &str, row: &Row) -> Self {
+        let mut frame = Vec::with_capacity(FRAME_OVERHEAD + row.variable_len(recipient));
+        let data = row.render(recipient, &mut frame);
+        Self::new(row.seq, frame, data)
+    }
+
+    fn new(seq: i64, frame: Vec<u8>, data: Range<usize>) -> Self {
+        Self {
+            seq,
+            frame: Bytes::from(frame),
+            data,
+        }
+    }
+
     /// A notification event: its data is the row as one line of JSON.
     pub fn notification(
         id: i64,
@@ -137,48 +188,43 @@ impl Event {
         payload: &RawValue,
         created_at: DateTime<Utc>,
     ) -> Self {
-        let data = NotificationData {
+        let row = Row {
+            seq,
+            is_read: false,
             id,
-            seq,
-            recipient,
-            kind,
-            payload,
+            kind: Some(kind.to_owned()),
+            payload: Some(Json(payload.to_owned())),
+            notification_ids: None,
             created_at,
         };
-        let extra = recipient.len() + kind.len() + payload.get().len();
-        Self::framed(seq, EventName::Notification, &data, extra)
+        Self::from_row(recipient, &row)
     }
+}
 
-    /// A read event: which notifications became read.
-    pub fn read(seq: i64, recipient: &str, ids: &[i64], created_at: DateTime<Utc>) -> Self {
-        let data = ReadData {
-            seq,
-            recipient,
-            ids,
-            created_at,
-        };
-        let extra = recipient.len() + ids.len() * 8;
-        Self::framed(seq, EventName::Read, &data, extra)
-    }
+/// A row of the `tidings.events` view, for a query over many recipients.
+struct LogRow {
+    recipient: String,
+    seq: i64,
+    is_read: bool,
+    id: i64,
+    kind: Option<String>,
+    payload: Option<Json<Box<RawValue>>>,
+    notification_ids: Option<Vec<i64>>,
+    created_at: DateTime<Utc>,
 }
 
 impl LogRow {
     fn into_event(self) -> (String, Arc<Event>) {
-        let event = if self.event_type == "read" {
-            let ids = self.notification_ids.as_deref().unwrap_or_default();
-            Event::read(self.seq, &self.recipient, ids, self.created_at)
-        } else {
-            let kind = self.kind.as_deref().unwrap_or_default();
-            let payload = self.payload.as_ref().map_or(RawValue::NULL, |json| &json.0);
-            Event::notification(
-                self.id,
-                self.seq,
-                &self.recipient,
-                kind,
-                payload,
-                self.created_at,
-            )
+        let row = Row {
+            seq: self.seq,
+            is_read: self.is_read,
+            id: self.id,
+            kind: self.kind,
+            payload: self.payload,
+            notification_ids: self.notification_ids,
+            created_at: self.created_at,
         };
+        let event = Event::from_row(&self.recipient, &row);
         (self.recipient, Arc::new(event))
     }
 }
@@ -201,7 +247,7 @@ pub async fn after(
     let rows = sqlx::query_as!(
         LogRow,
         r#"
-        SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.type AS "event_type!",
+        SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.type = 'read' AS "is_read!",
                e.id AS "id!", e.kind, e.payload AS "payload: Json<Box<RawValue>>",
                e.notification_ids, e.created_at AS "created_at!"
           FROM unnest($1::text[], $2::int8[]) AS wanted (recipient, after)
@@ -220,6 +266,66 @@ pub async fn after(
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(LogRow::into_event).collect())
+}
+
+/// One recipient's history after a position, rendered: the frames of its
+/// next events, back to back, ready to write as one chunk.
+pub struct Page {
+    pub frames: Bytes,
+    /// How many events the page holds.
+    pub events: usize,
+    /// The last event's `seq`, if the page holds any.
+    pub last_seq: Option<i64>,
+}
+
+/// Up to `limit` events of `recipient` after `after`, rendered straight into
+/// one buffer as the rows arrive. This is a stream's replay, the one path
+/// that moves a million events in a reconnect storm, so it shares nothing:
+/// no per-event buffer or reference count, and the recipient (known) and the
+/// event type (a flag) are not decoded per row. The frames are the same
+/// bytes `Event` renders (`replayed_frames_match_live_frames` checks it).
+pub async fn page(
+    pool: &PgPool,
+    recipient: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Page, sqlx::Error> {
+    use futures_util::TryStreamExt;
+    let mut rows = sqlx::query_as!(
+        Row,
+        r#"
+        SELECT seq AS "seq!", type = 'read' AS "is_read!", id AS "id!", kind,
+               payload AS "payload: Json<Box<RawValue>>", notification_ids,
+               created_at AS "created_at!"
+          FROM tidings.events
+         WHERE recipient = $1 AND seq > $2 AND seq <= $2 + $3
+         ORDER BY seq
+         LIMIT $3
+        "#,
+        recipient,
+        after,
+        limit,
+    )
+    .fetch(pool);
+    let mut page = Page::default();
+    let mut out = Vec::with_capacity(4096);
+    while let Some(row) = rows.try_next().await? {
+        row.render(recipient, &mut out);
+        page.events += 1;
+        page.last_seq = Some(row.seq);
+    }
+    page.frames = Bytes::from(out);
+    Ok(page)
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            frames: Bytes::new(),
+            events: 0,
+            last_seq: None,
+        }
+    }
 }
 
 /// The recipient's latest `seq` (0 when it has none): its current position.

@@ -37,7 +37,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::app::AppState;
 use crate::auth::{query_param, Caller};
 use crate::error::{problems, AppError};
-use crate::events::{self, Event};
+use crate::events::{self, Event, Page};
 use crate::hub::{Live, Subscription};
 use crate::metrics::Held;
 
@@ -221,12 +221,12 @@ fn follow(
                 let sent = cursor.sent();
                 let page = retry_until_shutdown(&state, || read_page(&state, &recipient, sent)).await;
                 let Some(page) = page else { return };
-                let complete = (page.len() as i64) < PAGE;
-                if let Some(last) = page.last() {
-                    cursor.advance(last.seq);
-                    state.metrics.replayed.inc_by(page.len() as u64);
-                    state.metrics.delivered.inc_by(page.len() as u64);
-                    yield one_chunk(&page);
+                let complete = (page.events as i64) < PAGE;
+                if let Some(last_seq) = page.last_seq {
+                    cursor.advance(last_seq);
+                    state.metrics.replayed.inc_by(page.events as u64);
+                    state.metrics.delivered.inc_by(page.events as u64);
+                    yield page.frames;
                 }
                 if complete { break }
             }
@@ -365,28 +365,14 @@ async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscriptio
     Ok((latest, state.hub.subscribe(recipient, latest)))
 }
 
-/// A page of history as one body chunk: every chunk costs a trip through
-/// the body's layers and the connection, so a replay of thousands of events
-/// pays it per page, not per event.
-fn one_chunk(page: &[Arc<Event>]) -> Bytes {
-    let mut chunk = Vec::with_capacity(page.iter().map(|e| e.frame_bytes().len()).sum());
-    for event in page {
-        chunk.extend_from_slice(event.frame_bytes());
-    }
-    Bytes::from(chunk)
-}
-
 /// One page of history after `sent`, waiting for a catch-up slot first so a
-/// reconnect storm queues here instead of exhausting the pool.
-async fn read_page(
-    state: &AppState,
-    recipient: &str,
-    sent: i64,
-) -> Result<Vec<Arc<Event>>, sqlx::Error> {
+/// reconnect storm queues here instead of exhausting the pool. The page is
+/// one body chunk: every chunk costs a trip through the body's layers and
+/// the connection, so a replay pays it per page, not per event.
+async fn read_page(state: &AppState, recipient: &str, sent: i64) -> Result<Page, sqlx::Error> {
     let _reading = Held::new(&state.metrics.catch_up_in_flight);
     let _slot = state.catch_up.acquire().await;
-    let rows = events::after(&state.pool, &[recipient.to_owned()], &[sent], PAGE).await?;
-    Ok(rows.into_iter().map(|(_, event)| event).collect())
+    events::page(&state.pool, recipient, sent, PAGE).await
 }
 
 /// Runs `query` until it succeeds, or returns `None` on shutdown. A stream

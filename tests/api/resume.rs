@@ -132,3 +132,39 @@ async fn a_position_beyond_the_log_gets_a_reset_then_continues_from_the_latest()
     );
     assert_eq!(next.seq(), 4);
 }
+
+#[tokio::test]
+async fn replayed_frames_match_live_frames() {
+    // Arrange: a stream that sees events live, including awkward text and
+    // a read event.
+    let app = spawn_app().await;
+    let mut live = app.stream("alice", None).await;
+    let (id, _) = app
+        .insert(
+            "alice",
+            "k\"ind",
+            json!({"text": "line\nbreak, \"quote\", é, \u{1F600}", "n": [1, 2.5, null]}),
+        )
+        .await;
+    app.insert("alice", "plain", json!({})).await;
+    sqlx::query("INSERT INTO tidings.reads (recipient, notification_ids) VALUES ('alice', $1)")
+        .bind(vec![id])
+        .execute(&app.db)
+        .await
+        .expect("read");
+    let seen_live = live.take(3).await;
+
+    // Act: a second stream replays the same events from the table.
+    let mut replay = app.stream("alice", Some(0)).await;
+    let replayed = replay.take(3).await;
+
+    // Assert: byte for byte the same id, event name and data.
+    let frames = |events: &[crate::helpers::SseEvent]| -> Vec<(Option<String>, String, String)> {
+        events
+            .iter()
+            .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
+            .collect()
+    };
+    assert_eq!(frames(&replayed), frames(&seen_live));
+    assert_eq!(seen_live[2].event, "read");
+}
