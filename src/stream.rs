@@ -208,7 +208,7 @@ fn follow(
         yield Bytes::from(format!("retry: {}\n\n", state.streams.retry.as_millis()));
         let registered = match registered {
             Some(registered) => Some(registered),
-            None => retry_until_shutdown(&state, || register(&state, &recipient)).await,
+            None => Box::pin(retry_until_shutdown(&state, || register(&state, &recipient))).await,
         };
         let Some((latest, mut subscription)) = registered else { return };
         let (mut cursor, reset) = Cursor::start(position, latest);
@@ -219,7 +219,10 @@ fn follow(
             // Catch up from the table until it has nothing more...
             loop {
                 let sent = cursor.sent();
-                let page = retry_until_shutdown(&state, || read_page(&state, &recipient, sent)).await;
+                // Boxed: a stream spends its life idle in the live loop below,
+                // and an unboxed read would size its state for the largest
+                // await (the query) all along - about 0.8 KiB per stream.
+                let page = Box::pin(retry_until_shutdown(&state, || read_page(&state, &recipient, sent))).await;
                 let Some(page) = page else { return };
                 let complete = (page.events as i64) < PAGE;
                 if let Some(last_seq) = page.last_seq {
