@@ -237,28 +237,38 @@ pub struct SseParser {
 }
 
 impl SseParser {
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
-        for &byte in bytes {
-            match byte {
-                b'\n' if self.after_cr => self.after_cr = false,
-                b'\n' | b'\r' => {
-                    self.after_cr = byte == b'\r';
-                    let mut line = std::mem::take(&mut self.line);
-                    if !std::mem::replace(&mut self.started, true)
-                        && line.starts_with(b"\xEF\xBB\xBF")
-                    {
-                        line.drain(..3);
-                    }
-                    self.line_done(&line, out);
-                    self.line = line;
-                    self.line.clear();
-                }
-                _ => {
-                    self.after_cr = false;
-                    self.line.push(byte);
-                }
+    /// Whole lines are handed on as slices of `bytes`; only a line split
+    /// across reads is copied (the tool's CPU is taken from the server's).
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        while let Some(&first) = bytes.first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                bytes = &bytes[1..]; // the LF of a CRLF
+                continue;
             }
+            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line.extend_from_slice(bytes);
+                return;
+            };
+            self.after_cr = bytes[end] == b'\r';
+            if self.line.is_empty() {
+                self.line_ended(&bytes[..end], out);
+            } else {
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(&bytes[..end]);
+                self.line_ended(&line, out);
+                line.clear();
+                self.line = line;
+            }
+            bytes = &bytes[end + 1..];
         }
+    }
+
+    /// A BOM is stripped from the stream's first line only.
+    fn line_ended(&mut self, mut line: &[u8], out: &mut Vec<SseEvent>) {
+        if !std::mem::replace(&mut self.started, true) {
+            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        }
+        self.line_done(line, out);
     }
 
     fn line_done(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
