@@ -116,7 +116,7 @@ struct NotificationData<'a> {
     recipient: &'a str,
     kind: &'a str,
     payload: &'a RawValue,
-    created_at: DateTime<Utc>,
+    created_at: Rfc3339,
 }
 
 #[derive(Serialize)]
@@ -124,7 +124,65 @@ struct ReadData<'a> {
     seq: i64,
     recipient: &'a str,
     ids: &'a [i64],
-    created_at: DateTime<Utc>,
+    created_at: Rfc3339,
+}
+
+/// A time as chrono writes it (RFC 3339, UTC as `Z`, the fraction in 0, 3,
+/// 6 or 9 digits - `SecondsFormat::AutoSi`), written without `fmt`: chrono
+/// writes it in a dozen small pieces, each of which serde_json scans for
+/// escapes, which made timestamps the largest single cost of a replay.
+struct Rfc3339(DateTime<Utc>);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; 30];
+        match self.write(&mut text) {
+            Some(len) => serializer.serialize_str(std::str::from_utf8(&text[..len]).unwrap_or("")),
+            None => self.0.serialize(serializer),
+        }
+    }
+}
+
+impl Rfc3339 {
+    /// Writes the common case - years 0 to 9999, no leap second - into
+    /// `out`; returns its length, or `None` for chrono to handle the rest.
+    fn write(&self, out: &mut [u8; 30]) -> Option<usize> {
+        use chrono::{Datelike, Timelike};
+        let (date, time) = (self.0.date_naive(), self.0.time());
+        let year = u32::try_from(date.year())
+            .ok()
+            .filter(|year| *year <= 9999)?;
+        let nanos = time.nanosecond();
+        if nanos >= 1_000_000_000 {
+            return None;
+        }
+        let digits = |out: &mut [u8], mut value: u32| {
+            for digit in out.iter_mut().rev() {
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        out[..20].copy_from_slice(b"0000-00-00T00:00:00.");
+        digits(&mut out[0..4], year);
+        digits(&mut out[5..7], date.month());
+        digits(&mut out[8..10], date.day());
+        digits(&mut out[11..13], time.hour());
+        digits(&mut out[14..16], time.minute());
+        digits(&mut out[17..19], time.second());
+        let (fraction, places) = match nanos {
+            0 => (0, 0),
+            n if n % 1_000_000 == 0 => (n / 1_000_000, 3),
+            n if n % 1_000 == 0 => (n / 1_000, 6),
+            n => (n, 9),
+        };
+        let mut len = 19;
+        if places > 0 {
+            digits(&mut out[20..20 + places], fraction);
+            len = 20 + places;
+        }
+        out[len] = b'Z';
+        Some(len + 1)
+    }
 }
 
 impl Row {
@@ -136,7 +194,7 @@ impl Row {
                 seq: self.seq,
                 recipient,
                 ids: self.notification_ids.as_deref().unwrap_or_default(),
-                created_at: self.created_at,
+                created_at: Rfc3339(self.created_at),
             };
             render(out, self.seq, EventName::Read, &data)
         } else {
@@ -146,7 +204,7 @@ impl Row {
                 recipient,
                 kind: self.kind.as_deref().unwrap_or_default(),
                 payload: self.payload.as_ref().map_or(RawValue::NULL, |json| &json.0),
-                created_at: self.created_at,
+                created_at: Rfc3339(self.created_at),
             };
             render(out, self.seq, EventName::Notification, &data)
         }
@@ -357,4 +415,42 @@ pub async fn position(pool: &PgPool, recipient: &str) -> Result<i64, sqlx::Error
     .fetch_optional(pool)
     .await?;
     Ok(position.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn times_are_written_exactly_as_chrono_writes_them() {
+        // Every fraction shape, the ends of the year range, and a spread of
+        // pseudo-random instants from year 0 to 9999.
+        let mut times = vec![
+            Utc.with_ymd_and_hms(2026, 11, 21, 18, 3, 16).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-1, 6, 1, 12, 0, 0).unwrap(),
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..100_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let seconds = (state % 315_537_897_600) as i64 - 62_167_219_200;
+            let nanos = match state % 4 {
+                0 => 0,
+                1 => (state >> 8) as u32 % 1000 * 1_000_000,
+                2 => (state >> 8) as u32 % 1_000_000 * 1_000,
+                _ => (state >> 8) as u32 % 1_000_000_000,
+            };
+            times.push(Utc.timestamp_opt(seconds, nanos).unwrap());
+        }
+        for time in times {
+            let ours = serde_json::to_string(&Rfc3339(time)).unwrap();
+            let chrono = serde_json::to_string(&time).unwrap();
+            assert_eq!(ours, chrono);
+        }
+    }
 }
