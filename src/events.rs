@@ -1,10 +1,12 @@
 //! Events: a recipient's log as streams see it - notifications and read marks
-//! in `seq` order - and the two queries that read it.
+//! in `seq` order - and the queries that read it.
 //!
-//! Owns the wire form of an event: its whole SSE frame, rendered once per
-//! event and shared - by reference count, not by copy - with every stream
-//! that sends it. It must never write: the log is appended to by SQL clients
-//! and by the inbox only.
+//! Owns the wire form of an event: its whole SSE frame. Live events are
+//! rendered once and shared - by reference count, not by copy - with every
+//! stream that sends them; a replayed page of history is rendered straight
+//! into one buffer for the one stream that asked. Both go through
+//! `Row::render`, so the bytes are the same. It must never write: the log is
+//! appended to by SQL clients and by the inbox only.
 
 use std::ops::Range;
 use std::sync::Arc;
