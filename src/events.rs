@@ -422,18 +422,24 @@ pub async fn position(pool: &PgPool, recipient: &str) -> Result<i64, sqlx::Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::{Context, Result};
     use chrono::TimeZone;
 
+    fn at(year: i32, month: u32, day: u32, h: u32, m: u32, s: u32) -> Result<DateTime<Utc>> {
+        let time = Utc.with_ymd_and_hms(year, month, day, h, m, s).single();
+        time.context("a valid instant")
+    }
+
     #[test]
-    fn times_are_written_exactly_as_chrono_writes_them() {
+    fn times_are_written_exactly_as_chrono_writes_them() -> Result<()> {
         // Every fraction shape, the ends of the year range, and a spread of
         // pseudo-random instants from year 0 to 9999.
         let mut times = vec![
-            Utc.with_ymd_and_hms(2026, 11, 21, 18, 3, 16).unwrap(),
-            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
-            Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap(),
-            Utc.with_ymd_and_hms(-1, 6, 1, 12, 0, 0).unwrap(),
+            at(2026, 11, 21, 18, 3, 16)?,
+            at(0, 1, 1, 0, 0, 0)?,
+            at(9999, 12, 31, 23, 59, 59)?,
+            at(10000, 1, 1, 0, 0, 0)?,
+            at(-1, 6, 1, 12, 0, 0)?,
         ];
         let mut state: u64 = 0x2545_F491_4F6C_DD1D;
         for _ in 0..100_000 {
@@ -447,12 +453,14 @@ mod tests {
                 2 => (state >> 8) as u32 % 1_000_000 * 1_000,
                 _ => (state >> 8) as u32 % 1_000_000_000,
             };
-            times.push(Utc.timestamp_opt(seconds, nanos).unwrap());
+            let time = Utc.timestamp_opt(seconds, nanos).single();
+            times.push(time.context("a valid instant")?);
         }
         for time in times {
-            let ours = serde_json::to_string(&Rfc3339(time)).unwrap();
-            let chrono = serde_json::to_string(&time).unwrap();
+            let ours = serde_json::to_string(&Rfc3339(time))?;
+            let chrono = serde_json::to_string(&time)?;
             assert_eq!(ours, chrono);
         }
+        Ok(())
     }
 }
