@@ -219,7 +219,7 @@ $$;
 -- write what the cache holds ahead of the counter row. This replaces 0001's
 -- counting over the transition table: counter rows are now kept as rows are
 -- appended. The WHEN clause is evaluated without calling the function, so
--- a single-row INSERT (whose UPDATE left nothing unwritten) pays nothing.
+-- a single-row INSERT (whose UPDATE left nothing unwritten) pays no call.
 CREATE FUNCTION tidings.write_counter() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -248,7 +248,8 @@ CREATE TRIGGER write_counter AFTER INSERT ON tidings.reads
 -- as `tidings.unwritten` = '0' says right after assign_seq - so a bulk
 -- INSERT sorted by recipient sends one per recipient, and a single-row
 -- INSERT needs no statement-level trigger and no transition table at all
--- (those cost a single-row INSERT more than its own row work). A separate
+-- (the two statement triggers of 0001 took about 48 µs of a single-row
+-- INSERT, by pg_stat_user_functions). A separate
 -- trigger, so that hints alone can be switched off (the sweep still
 -- delivers). It must stay after assign_seq: triggers of one kind fire in
 -- name order.

@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::{Uid, User};
@@ -171,14 +172,23 @@ impl EmbeddedPostgres {
         self.launch()
     }
 
-    /// Fast shutdown: open sessions are ended, committed data is kept.
+    /// Fast shutdown: open sessions are ended, committed data is kept (or,
+    /// with `remove_when_stopped`, removed before this returns - within a
+    /// minute - so whatever runs next does not share the disk with it).
     pub fn stop(mut self) -> Result<(), EmbeddedError> {
         let result = self.pg_ctl(
             &["stop", "-m", "fast", "-w", "-t", "60"],
             "stopping PostgreSQL",
         );
-        // Closing the pipe releases the watchdog (whose kill now finds nothing).
+        // Closing the pipe releases the watchdog (whose kill now finds
+        // nothing); it then removes the data directory if asked to.
         drop(self.watchdog.take());
+        if self.options.remove_when_stopped {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.data_dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         result.map(drop)
     }
 

@@ -74,11 +74,6 @@ impl Event {
         self.frame.clone()
     }
 
-    /// The SSE frame, to copy from.
-    pub fn frame_bytes(&self) -> &[u8] {
-        &self.frame
-    }
-
     /// The event's JSON `data`.
     pub fn data(&self) -> &str {
         std::str::from_utf8(&self.frame[self.data.clone()]).unwrap_or_default()
@@ -330,6 +325,7 @@ pub async fn after(
 
 /// One recipient's history after a position, rendered: the frames of its
 /// next events, back to back, ready to write as one chunk.
+#[derive(Default)]
 pub struct Page {
     pub frames: Bytes,
     /// How many events the page holds.
@@ -396,16 +392,6 @@ async fn render_page(
     }
     page.frames = Bytes::from(out);
     Ok(page)
-}
-
-impl Default for Page {
-    fn default() -> Self {
-        Self {
-            frames: Bytes::new(),
-            events: 0,
-            last_seq: None,
-        }
-    }
 }
 
 /// The recipient's latest `seq` (0 when it has none): its current position.

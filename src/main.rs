@@ -10,13 +10,6 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc, for memory per idle stream: 11.5 KiB resident against 14.6
-/// with glibc's malloc and 26 with mimalloc (`tidings-bench capacity`, see
-/// BENCHMARKS.md). Each connection holds two mostly unwritten 8 KiB buffers
-/// (hyper's), and how much of them is resident depends on the allocator.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use tidings::app::{self, Settings, StreamSettings};
 use tidings::auth::Keys;
 use tidings::config::{
@@ -24,6 +17,13 @@ use tidings::config::{
 };
 use tidings::db;
 use tidings::embedded::{EmbeddedPostgres, Options};
+
+/// jemalloc, for memory per idle stream: 11.5 KiB resident against 14.6
+/// with glibc's malloc and 26 with mimalloc (`tidings-bench capacity`, see
+/// BENCHMARKS.md). Each connection holds two mostly unwritten 8 KiB buffers
+/// (hyper's), and how much of them is resident depends on the allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -35,21 +35,15 @@ pub struct Harness {
     pub postmaster: Option<u32>,
     pub database: &'static str,
     cluster: Option<EmbeddedPostgres>,
-    /// Where our cluster lives: removed in the background once it stops,
-    /// which `finish` waits for, so the next run does not share the disk
-    /// and CPU with the removal of a gigabyte of data.
-    cluster_dir: Option<PathBuf>,
 }
 
 impl Harness {
     pub async fn start(common: &Common) -> Result<Self> {
         let started = Instant::now();
-        let mut cluster_dir = None;
         let (url, cluster) = match &common.database_url {
             Some(url) => (url.clone(), None),
             None => {
-                let (cluster, dir) = tokio::task::block_in_place(start_cluster)?;
-                cluster_dir = Some(dir);
+                let cluster = tokio::task::block_in_place(start_cluster)?;
                 (cluster.url().to_owned(), Some(cluster))
             }
         };
@@ -101,7 +95,6 @@ impl Harness {
             postmaster,
             database,
             cluster,
-            cluster_dir,
         })
     }
 
@@ -111,12 +104,6 @@ impl Harness {
         self.db.close().await;
         if let Some(cluster) = self.cluster.take() {
             tokio::task::block_in_place(|| cluster.stop())?;
-        }
-        if let Some(dir) = self.cluster_dir.take() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while dir.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
         }
         Ok(())
     }
@@ -130,7 +117,7 @@ impl Harness {
 
 /// A throwaway cluster with default durability and `pg_stat_statements`
 /// loaded (which takes a restart), removed when stopped.
-fn start_cluster() -> Result<(EmbeddedPostgres, PathBuf)> {
+fn start_cluster() -> Result<EmbeddedPostgres> {
     let dir = std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
     let options = Options {
         fast_and_unsafe: false,
@@ -143,7 +130,7 @@ fn start_cluster() -> Result<(EmbeddedPostgres, PathBuf)> {
         .join()
         .map_err(|_| anyhow::anyhow!("configuring PostgreSQL panicked"))??;
     cluster.restart(Shutdown::Fast)?;
-    Ok((cluster, dir))
+    Ok(cluster)
 }
 
 fn preload_statements(url: &str) -> Result<()> {
