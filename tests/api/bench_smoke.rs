@@ -87,6 +87,14 @@ fn bench_smoke_latency() {
     );
     assert_clean_books(&metrics);
     assert_eq!(metrics["events.expected"], 200);
+    // The comparison without streams wrote the same 100 rows into each table.
+    for table in ["bare_notify", "tidings"] {
+        assert_eq!(metrics[&format!("no_streams.{table}.failed")], 0);
+        assert_eq!(
+            metrics[&format!("no_streams.{table}.insert_commit_ms.samples")],
+            100
+        );
+    }
 }
 
 #[test]

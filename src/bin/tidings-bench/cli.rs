@@ -48,7 +48,8 @@ pub struct Common {
     /// Use this PostgreSQL instead of starting a private one (default
     /// durability, pg_stat_statements loaded) under /tmp. Use a throwaway
     /// database: the bench appends rows to tidings.notifications, which is
-    /// append-only, and ingest creates and drops a schema `bench_ingest`.
+    /// append-only, and ingest and latency create and drop a schema
+    /// `bench_ingest`.
     #[arg(long)]
     pub database_url: Option<String>,
 

@@ -15,11 +15,34 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 
 use crate::fleet::epoch_micros;
+use crate::scenarios::baseline::BARE_NOTIFY;
 
-pub const INSERT: &str = "INSERT INTO tidings.notifications (recipient, kind, payload) \
-                          VALUES ($1, 'bench', jsonb_build_object('t', $2::int8)) RETURNING seq";
+/// Where the rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// `tidings.notifications`, as an app writes it: the triggers give the seq.
+    Tidings,
+    /// The baseline table with only a bare `pg_notify` trigger; the writer
+    /// gives the seq (the row's number in the plan, unique).
+    BareNotify,
+}
+
+impl Target {
+    fn insert(self) -> String {
+        let (table, seq) = match self {
+            Self::Tidings => ("tidings.notifications", ("", "")),
+            Self::BareNotify => (BARE_NOTIFY, (", seq", ", $3")),
+        };
+        format!(
+            "INSERT INTO {table} (recipient, kind, payload{}) \
+             VALUES ($1, 'bench', jsonb_build_object('t', $2::int8){}) RETURNING seq",
+            seq.0, seq.1
+        )
+    }
+}
 
 pub struct Plan {
+    pub target: Target,
     pub rows: u64,
     /// Rows per second over all writers; 0 = as fast as they go.
     pub rate: f64,
@@ -60,6 +83,7 @@ pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Publishe
     let mut tasks = JoinSet::new();
     for (w, conn) in connections.into_iter().enumerate() {
         let writer = Writer {
+            target: plan.target,
             first: w as u64,
             step: writers as u64,
             rows: plan.rows,
@@ -89,6 +113,7 @@ pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Publishe
 
 /// One writer connection: rows first, first + step, first + 2 step, ...
 struct Writer {
+    target: Target,
     first: u64,
     step: u64,
     rows: u64,
@@ -102,6 +127,7 @@ impl Writer {
             per_recipient: vec![0; self.recipients.len()],
             ..Published::default()
         };
+        let statement = self.target.insert();
         let mut k = self.first;
         while k < self.rows {
             if self.rate > 0.0 {
@@ -110,11 +136,13 @@ impl Writer {
             }
             let recipient = (k % self.recipients.len() as u64) as usize;
             let sent = Instant::now();
-            let inserted: Result<i64, _> = sqlx::query_scalar(INSERT)
+            let mut insert = sqlx::query_scalar(&statement)
                 .bind(&self.recipients[recipient])
-                .bind(epoch_micros())
-                .fetch_one(&mut conn)
-                .await;
+                .bind(epoch_micros());
+            if self.target == Target::BareNotify {
+                insert = insert.bind(k as i64 + 1);
+            }
+            let inserted: Result<i64, _> = insert.fetch_one(&mut conn).await;
             match inserted {
                 Ok(seq) => {
                     done.acks.push((recipient, seq, epoch_micros()));

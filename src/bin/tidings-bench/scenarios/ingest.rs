@@ -1,21 +1,17 @@
 //! `ingest`: what the tidings triggers cost writers. Single-row INSERT
-//! commits/s into `tidings.notifications` beside two tables of the same
-//! shape (columns, defaults, constraints, indexes; columns only tidings'
-//! triggers fill are left nullable) in a scratch schema: one
-//! with only a bare statement-level `pg_notify` trigger (the floor that
-//! LISTEN/NOTIFY itself sets: notifying commits serialize on one lock), and
-//! one with no triggers. Then a bulk INSERT ... SELECT into each, sorted by
-//! recipient and unsorted.
+//! commits/s into `tidings.notifications` beside the two baseline tables
+//! (bare `pg_notify`, and no triggers); then a bulk INSERT ... SELECT into
+//! each, sorted by recipient and unsorted.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 
+use super::baseline::{self, Baseline};
 use crate::cli::Cli;
 use crate::dbstats::round;
 use crate::fleet::epoch_micros;
@@ -25,41 +21,11 @@ use crate::report::Report;
 /// The tables compared, by label.
 const TABLES: [(&str, &str); 3] = [
     ("tidings", "tidings.notifications"),
-    ("bare_notify", "bench_ingest.notify"),
-    ("plain", "bench_ingest.plain"),
+    ("bare_notify", baseline::BARE_NOTIFY),
+    ("plain", baseline::PLAIN),
 ];
 /// Recipients the single-row writers pick from at random.
 const RECIPIENTS: u64 = 1000;
-
-const SCHEMA: &str = "
-DROP SCHEMA IF EXISTS bench_ingest CASCADE;
-CREATE SCHEMA bench_ingest;
-CREATE TABLE bench_ingest.plain (LIKE tidings.notifications INCLUDING ALL);
-CREATE TABLE bench_ingest.notify (LIKE tidings.notifications INCLUDING ALL);
--- Columns that only tidings' triggers fill (seq aside, which the bench
--- supplies) may be NOT NULL without a default: nothing fills them here.
-DO $$
-DECLARE c record;
-BEGIN
-    FOR c IN SELECT table_name, column_name FROM information_schema.columns
-              WHERE table_schema = 'bench_ingest' AND is_nullable = 'NO'
-                AND column_default IS NULL AND is_identity = 'NO'
-                AND column_name NOT IN ('recipient', 'seq', 'kind')
-    LOOP
-        EXECUTE format('ALTER TABLE bench_ingest.%I ALTER COLUMN %I DROP NOT NULL',
-                       c.table_name, c.column_name);
-    END LOOP;
-END;
-$$;
-CREATE FUNCTION bench_ingest.bare_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('bench_ingest', 'x');
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER bare_notify AFTER INSERT ON bench_ingest.notify
-    FOR EACH STATEMENT EXECUTE FUNCTION bench_ingest.bare_notify();
-";
 
 pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let sizes = &cli.sizes;
@@ -69,14 +35,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     report.condition("rounds", sizes.ingest_rounds);
     report.condition("bulk_rows", sizes.bulk_rows);
     report.condition("recipients", RECIPIENTS);
-    sqlx::raw_sql(SCHEMA)
-        .execute(&harness.db)
-        .await
-        .context("creating the comparison tables")?;
-    // A listener drains the bare channel, as tidings drains its own.
-    let mut listener = PgListener::connect_with(&harness.db).await?;
-    listener.listen("bench_ingest").await?;
-    let draining = tokio::spawn(async move { while listener.recv().await.is_ok() {} });
+    let baseline = Baseline::create(&harness.db).await?;
 
     let seq = Arc::new(AtomicI64::new(1));
     let duration = Duration::from_secs_f64(sizes.ingest_seconds);
@@ -106,10 +65,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
         );
     }
     bulk(harness, cli, &mut report).await?;
-    draining.abort();
-    sqlx::query("DROP SCHEMA bench_ingest CASCADE")
-        .execute(&harness.db)
-        .await?;
+    baseline.remove(&harness.db).await?;
     Ok(report)
 }
 

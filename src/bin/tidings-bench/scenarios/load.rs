@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::baseline::Baseline;
 use super::{fleet_config, memory, recipients, tokens, RssPeak, Usage};
 use crate::cli::Cli;
 use crate::dbstats::{self, round, StatsSource};
 use crate::fleet::{Fleet, StreamOutcome, StreamSpec};
 use crate::harness::Harness;
 use crate::procfs;
-use crate::publish::{self, Plan};
+use crate::publish::{self, Plan, Target};
 use crate::report::{sample_errors, Books, Latency, Report};
 
 struct Shape {
@@ -41,11 +42,15 @@ pub async fn latency(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let shape = Shape::from(cli, 1000, 1000, 2000.0);
     let mut report = Report::new("latency");
     let outcome = steady_load(cli, harness, &shape, &mut report).await?;
+    let floor = without_streams(harness, &shape, &mut report).await?;
     report.check(
         "latency: p99 <= 5 ms, zero lost/dup",
         format!(
-            "p99 {:.2} ms, lost {}, dup {}",
-            outcome.p99, outcome.books.lost, outcome.books.duplicated
+            "p99 {:.2} ms, lost {}, dup {} (a bare-NOTIFY commit alone: p99 {:.2} ms)",
+            outcome.p99,
+            outcome.books.lost,
+            outcome.books.duplicated,
+            floor.map_or(f64::NAN, |f| f.p99)
         ),
         outcome.p99 <= 5.0 && outcome.books.lost == 0 && outcome.books.duplicated == 0,
     );
@@ -142,6 +147,7 @@ async fn steady_load(
     let usage = Usage::now(harness);
     let peak = RssPeak::start(pid);
     let plan = Plan {
+        target: Target::Tidings,
         rows: (shape.rate * shape.seconds).round() as u64,
         rate: shape.rate,
         writers: shape.writers,
@@ -207,6 +213,51 @@ async fn steady_load(
             (None, None) => Reads::Unknown,
         },
     })
+}
+
+/// After the streams have closed, the same writers at the same rate for up
+/// to 10 s each into the bare-NOTIFY baseline table and into tidings: the
+/// commit latency PostgreSQL alone gives at this rate on this machine (the
+/// floor under `publish.insert_commit_ms`), and what tidings' triggers add
+/// to it without the load of delivering. Returns the bare table's.
+async fn without_streams(
+    harness: &Harness,
+    shape: &Shape,
+    report: &mut Report,
+) -> Result<Option<Latency>> {
+    let seconds = shape.seconds.min(10.0);
+    report.metric("no_streams.seconds", seconds);
+    let baseline = Baseline::create(&harness.db).await?;
+    let mut floor = None;
+    for (target, label) in [
+        (Target::BareNotify, "bare_notify"),
+        (Target::Tidings, "tidings"),
+    ] {
+        let plan = Plan {
+            target,
+            rows: (shape.rate * seconds).round() as u64,
+            rate: shape.rate,
+            writers: shape.writers,
+            recipients: recipients("no-streams", shape.recipients),
+        };
+        crate::progress(format!("no streams: {} rows into {label}", plan.rows));
+        let usage = Usage::now(harness);
+        let published = publish::publish(&harness.connect, &plan).await?;
+        let prefix = format!("no_streams.{label}");
+        usage.report_since(harness, report, &format!("{prefix}."));
+        report.metric(&format!("{prefix}.failed"), published.failed);
+        let rate = round(published.rate(), 1);
+        report.metric(&format!("{prefix}.achieved_rate_per_s"), rate);
+        let commit = Latency::from_micros(published.commit_us);
+        if let Some(commit) = &commit {
+            commit.add_to(report, &format!("{prefix}.insert_commit_ms"));
+        }
+        if target == Target::BareNotify {
+            floor = commit;
+        }
+    }
+    baseline.remove(&harness.db).await?;
+    Ok(floor)
 }
 
 /// Waits until the streams' opening reads (each stream reads a page of

@@ -2,6 +2,7 @@
 //! fresh recipients, signing their tokens, configuring a fleet, sampling the
 //! server's memory, and measuring CPU over a window.
 
+pub mod baseline;
 mod capacity;
 mod ingest;
 mod load;
