@@ -99,14 +99,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    // The hub's connection is one of `pool_size`; requests get the rest.
     let pool = db::pool(
         settings.database.clone().application_name("tidings"),
-        settings.pool_size,
+        settings.pool_size.saturating_sub(1),
     );
+    let hub_pool = db::hub_pool(settings.database.clone().application_name("tidings-hub"));
     migrate_when_reachable(&pool, &shutdown).await?;
     let metrics = Arc::new(Metrics::new());
     let state = AppState {
-        hub: Hub::new(pool.clone(), metrics.clone()),
+        hub: Hub::new(hub_pool, metrics.clone()),
         metrics,
         keys: Keys::new(&settings.jwt_secret),
         health: Health::default(),

@@ -48,8 +48,9 @@ pub struct DatabaseArgs {
     #[arg(long, env = "TIDINGS_DATA_DIR", default_value = ".tidings")]
     pub data_dir: PathBuf,
 
-    /// Most database connections the request pool opens. The LISTEN
-    /// connection comes on top of these.
+    /// Most database connections tidings opens for queries: one is the
+    /// hub's (it fetches new events for all streams), the rest serve
+    /// requests. The LISTEN connection comes on top of these.
     #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 }

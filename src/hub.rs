@@ -45,6 +45,8 @@ pub struct Hub {
 }
 
 struct Shared {
+    /// The hub's own connection (`db::hub_pool`): generic plans, so a fetch
+    /// is not planned afresh for every burst.
     pool: PgPool,
     /// Recipients with open streams. Locked briefly, never across an await.
     channels: Mutex<HashMap<Arc<str>, Channel>>,

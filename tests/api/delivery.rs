@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use tidings::db;
+
 use crate::helpers::{seqs, spawn_app};
 
 #[tokio::test]
@@ -217,4 +219,39 @@ async fn nothing_is_delivered_before_commit_and_a_rollback_delivers_nothing() {
         (event.seq(), event.json()["kind"].clone()),
         (1, json!("after"))
     );
+}
+
+/// The hub fetches for every stream on one connection of its own, planned
+/// once (generic plans: the fetch runs for every burst); request
+/// connections keep plans made for their parameters.
+#[tokio::test]
+async fn the_hub_fetches_on_one_connection_of_its_own_with_generic_plans() {
+    let app = spawn_app().await;
+    let mut stream = app.stream("alice", None).await;
+
+    let (_, seq) = app.insert("alice", "comment.created", json!({})).await;
+    let event = stream.next().await;
+
+    assert_eq!(event.seq(), seq);
+    let hub_sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = 'tidings-hub'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("count the hub's sessions");
+    assert_eq!(hub_sessions, 1);
+    let options = app.db.connect_options().as_ref().clone();
+    assert_eq!(
+        plan_cache_mode(&db::hub_pool(options.clone())).await,
+        "force_generic_plan"
+    );
+    assert_eq!(plan_cache_mode(&db::pool(options, 2)).await, "auto");
+}
+
+async fn plan_cache_mode(pool: &sqlx::PgPool) -> String {
+    sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
+        .fetch_one(pool)
+        .await
+        .expect("read plan_cache_mode")
 }

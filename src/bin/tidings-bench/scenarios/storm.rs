@@ -83,7 +83,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     report.check(
         "storm: database connections never above the pool size",
         format!(
-            "peak {} pool + {} LISTEN (pool size {pool})",
+            "peak {} pool (requests and hub) + {} LISTEN (pool size {pool})",
             peaks.pool, peaks.listener
         ),
         peaks.pool <= pool,
@@ -111,7 +111,7 @@ impl ConnectionMonitor {
         tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
                 let counts: Result<(i64, i64, i64), _> = sqlx::query_as(
-                    "SELECT count(*) FILTER (WHERE application_name = 'tidings'),
+                    "SELECT count(*) FILTER (WHERE application_name IN ('tidings', 'tidings-hub')),
                             count(*) FILTER (WHERE application_name = 'tidings-listener'),
                             count(*) FILTER (WHERE backend_type = 'client backend')
                        FROM pg_stat_activity",
