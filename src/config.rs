@@ -50,8 +50,9 @@ pub struct DatabaseArgs {
 
     /// Most database connections tidings opens for queries: one is the
     /// hub's (it fetches new events for all streams), the rest serve
-    /// requests. The LISTEN connection comes on top of these.
-    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 16)]
+    /// requests. The LISTEN connection comes on top of these. At least 2.
+    #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(2..))]
     pub db_pool_size: u32,
 }
 

@@ -32,7 +32,11 @@ pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.options([("search_path", "public")]))
+        .connect_lazy_with(pinned_path(options))
+}
+
+fn pinned_path(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("search_path", "public")])
 }
 
 /// The hub's connection: one, as the hub fetches one batch at a time, and
@@ -43,15 +47,18 @@ pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
 /// burst - more than running it. The generic plan is the same per-recipient
 /// index range scan, right for any batch. Only this connection forces it:
 /// other queries (an inbox page before a seq, a verify of one recipient)
-/// need plans made for their parameters.
+/// need plans made for their parameters. The connection is kept open (and
+/// reopened in the background), so a burst after a quiet spell does not wait
+/// for a new session, its prepare and its plan.
 pub fn hub_pool(options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.options([
-            ("search_path", "public"),
-            ("plan_cache_mode", "force_generic_plan"),
-        ]))
+        .connect_lazy_with(
+            pinned_path(options).options([("plan_cache_mode", "force_generic_plan")]),
+        )
 }
 
 /// A read-only transaction on one snapshot, for answers made of several

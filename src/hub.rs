@@ -43,7 +43,8 @@ const BATCH: usize = 1000;
 /// recipient hinted meanwhile; the first fetch after a quiet spell starts at
 /// once. At 2,000 events/s to 1,000 recipients, 1 ms cut fetch queries from
 /// 0.83 to 0.24 per event and PostgreSQL's CPU by about a tenth of a core,
-/// for about 1 ms more in the median (BENCHMARKS.md, session 4).
+/// for about 1 ms more in the median (BENCHMARKS.md, session 4). tokio's
+/// timer rounds up to whole milliseconds, so the gap is 1-2 ms in practice.
 const SPACING: Duration = Duration::from_millis(1);
 
 /// Cheap to clone: every clone is the same hub.
@@ -214,7 +215,7 @@ impl Hub {
                 _ = shutdown.cancelled() => break,
             }
             if !self.drain(&shutdown).await {
-                return;
+                break;
             }
         }
         // Dropping the senders ends every stream's wait.
@@ -222,12 +223,15 @@ impl Hub {
     }
 
     /// Fetches until nothing is pending, starting fetches at most every
-    /// [`SPACING`]. False if `shutdown` came while waiting to retry.
+    /// [`SPACING`]. False once `shutdown` has come.
     async fn drain(&self, shutdown: &CancellationToken) -> bool {
         let mut previous: Option<Instant> = None;
         loop {
             if let Some(started) = previous {
                 tokio::time::sleep_until((started + SPACING).into()).await;
+            }
+            if shutdown.is_cancelled() {
+                return false;
             }
             let Some(batch) = self.take_batch() else {
                 return true;

@@ -232,3 +232,15 @@ async fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+#[test]
+fn a_pool_of_fewer_than_two_connections_is_a_clear_error() {
+    let output = tidings()
+        .args(["serve", "--db-pool-size", "1"])
+        .output()
+        .expect("run");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--db-pool-size"), "{stderr}");
+}

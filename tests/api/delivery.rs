@@ -221,11 +221,12 @@ async fn nothing_is_delivered_before_commit_and_a_rollback_delivers_nothing() {
     );
 }
 
-/// The hub fetches for every stream on one connection of its own, planned
-/// once (generic plans: the fetch runs for every burst); request
-/// connections keep plans made for their parameters.
+/// The hub fetches for every stream on one connection of its own. Its pool
+/// (`db::hub_pool`, checked directly: another session's settings cannot be
+/// read) plans once, generically, as the fetch runs for every burst; the
+/// request pool keeps plans made for their parameters.
 #[tokio::test]
-async fn the_hub_fetches_on_one_connection_of_its_own_with_generic_plans() {
+async fn the_hub_has_one_connection_of_its_own_and_only_its_pool_forces_generic_plans() {
     let app = spawn_app().await;
     let mut stream = app.stream("alice", None).await;
 

@@ -49,7 +49,7 @@ async fn a_reconnect_storm_of_2000_streams_all_catch_up_without_exceeding_the_po
     let peak = peak.load(Ordering::Relaxed);
     assert!(
         peak <= 8 + 1,
-        "tidings used {peak} connections; pool is 8, plus the listener"
+        "tidings used {peak} connections; pool is 8 (requests and hub), plus the listener"
     );
     println!("peak tidings connections during the storm: {peak}");
 }
@@ -58,7 +58,7 @@ async fn sample_connections(db: PgPool, peak: Arc<AtomicI64>, sampling: Arc<Atom
     while sampling.load(Ordering::Relaxed) {
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND application_name IN ('tidings', 'tidings-listener')",
+              WHERE datname = current_database() AND application_name IN ('tidings', 'tidings-hub', 'tidings-listener')",
         )
         .fetch_one(&db)
         .await

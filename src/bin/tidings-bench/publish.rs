@@ -29,15 +29,15 @@ pub enum Target {
 
 impl Target {
     fn insert(self) -> String {
-        let (table, seq) = match self {
-            Self::Tidings => ("tidings.notifications", ("", "")),
-            Self::BareNotify => (BARE_NOTIFY, (", seq", ", $3")),
-        };
-        format!(
-            "INSERT INTO {table} (recipient, kind, payload{}) \
-             VALUES ($1, 'bench', jsonb_build_object('t', $2::int8){}) RETURNING seq",
-            seq.0, seq.1
-        )
+        match self {
+            Self::Tidings => "INSERT INTO tidings.notifications (recipient, kind, payload) \
+                 VALUES ($1, 'bench', jsonb_build_object('t', $2::int8)) RETURNING seq"
+                .to_owned(),
+            Self::BareNotify => format!(
+                "INSERT INTO {BARE_NOTIFY} (recipient, kind, payload, seq) \
+                 VALUES ($1, 'bench', jsonb_build_object('t', $2::int8), $3) RETURNING seq"
+            ),
+        }
     }
 }
 
