@@ -28,6 +28,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The target's name in metric names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tidings => "tidings",
+            Self::BareNotify => "bare_notify",
+        }
+    }
+
     fn insert(self) -> String {
         match self {
             Self::Tidings => "INSERT INTO tidings.notifications (recipient, kind, payload) \

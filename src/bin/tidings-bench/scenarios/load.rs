@@ -234,36 +234,42 @@ async fn without_streams(
     let seconds = shape.seconds.min(10.0);
     report.metric("no_streams.seconds", seconds);
     let baseline = Baseline::create(&harness.db).await?;
-    let mut floor = None;
-    for (target, label) in [
-        (Target::BareNotify, "bare_notify"),
-        (Target::Tidings, "tidings"),
-    ] {
-        let plan = Plan {
-            target,
-            rows: (shape.rate * seconds).round() as u64,
-            rate: shape.rate,
-            writers: shape.writers,
-            recipients: recipients("no-streams", shape.recipients),
-        };
-        crate::progress(format!("no streams: {} rows into {label}", plan.rows));
-        let usage = Usage::now(harness);
-        let published = publish::publish(&harness.connect, &plan).await?;
-        let prefix = format!("no_streams.{label}");
-        usage.report_since(harness, report, &format!("{prefix}."));
-        report.metric(&format!("{prefix}.failed"), published.failed);
-        let rate = round(published.rate(), 1);
-        report.metric(&format!("{prefix}.achieved_rate_per_s"), rate);
-        let commit = Latency::from_micros(published.commit_us);
-        if let Some(commit) = &commit {
-            commit.add_to(report, &format!("{prefix}.insert_commit_ms"));
-        }
-        if target == Target::BareNotify {
-            floor = commit;
-        }
-    }
+    let floor =
+        commits_without_streams(harness, shape, seconds, Target::BareNotify, report).await?;
+    commits_without_streams(harness, shape, seconds, Target::Tidings, report).await?;
     baseline.remove(&harness.db).await?;
     Ok(floor)
+}
+
+/// One no-streams phase into `target`, reported under `no_streams.<label>`;
+/// returns its commit latency.
+async fn commits_without_streams(
+    harness: &Harness,
+    shape: &Shape,
+    seconds: f64,
+    target: Target,
+    report: &mut Report,
+) -> Result<Option<Latency>> {
+    let plan = Plan {
+        target,
+        rows: (shape.rate * seconds).round() as u64,
+        rate: shape.rate,
+        writers: shape.writers,
+        recipients: recipients("no-streams", shape.recipients),
+    };
+    let prefix = format!("no_streams.{}", target.label());
+    crate::progress(format!("{prefix}: {} rows", plan.rows));
+    let usage = Usage::now(harness);
+    let published = publish::publish(&harness.connect, &plan).await?;
+    usage.report_since(harness, report, &format!("{prefix}."));
+    report.metric(&format!("{prefix}.failed"), published.failed);
+    let rate = round(published.rate(), 1);
+    report.metric(&format!("{prefix}.achieved_rate_per_s"), rate);
+    let commit = Latency::from_micros(published.commit_us);
+    if let Some(commit) = &commit {
+        commit.add_to(report, &format!("{prefix}.insert_commit_ms"));
+    }
+    Ok(commit)
 }
 
 /// Waits until the streams' opening reads (each stream reads a page of
