@@ -87,8 +87,10 @@ fn bench_smoke_latency() {
     );
     assert_clean_books(&metrics);
     assert_eq!(metrics["events.expected"], 200);
+    assert!(observations(&metrics["publish.writer_waits"]).is_some());
     // The comparison without streams wrote the same 100 rows into each table.
     for table in ["bare_notify", "tidings"] {
+        assert!(observations(&metrics[&format!("no_streams.{table}.writer_waits")]).is_some());
         assert_eq!(metrics[&format!("no_streams.{table}.failed")], 0);
         assert_eq!(
             metrics[&format!("no_streams.{table}.insert_commit_ms.samples")],
@@ -167,13 +169,28 @@ fn bench_smoke_ingest() {
             "1",
         ],
     );
+    let mut observed = 0;
     for writers in ["w1", "w2"] {
         for table in ["tidings", "bare_notify", "plain"] {
             let name = format!("single_row.{writers}.{table}.commits_per_s");
             assert!(metrics[&name].as_f64().unwrap_or(0.0) > 0.0, "{name}");
+            let waits = &metrics[&format!("single_row.{writers}.{table}.writer_waits")];
+            observed += observations(waits).unwrap_or_else(|| panic!("{waits}"));
         }
     }
+    // Writers that insert flat out are seen in their statements.
+    assert!(observed > 0, "no writer was ever seen in a statement");
     for table in ["tidings", "bare_notify", "plain"] {
         assert!(metrics[&format!("bulk.{table}.sorted_ms")].is_number());
     }
+}
+
+/// How many writer observations a `writer_waits` summary rests on, if it
+/// is one and every sample of `pg_stat_activity` succeeded.
+fn observations(summary: &Value) -> Option<u64> {
+    let text = summary.as_str()?;
+    let (_, tail) = text.split_once("(of ")?;
+    let (count, rest) = tail.split_once(" observations")?;
+    (rest == ")").then_some(())?;
+    count.parse().ok()
 }

@@ -7,7 +7,8 @@
 //! - [`server`]: the server process (start, restart, stop).
 //! - [`fleet`]: N streams and their books; [`sse`]: HTTP and SSE parsing.
 //! - [`publish`]: the INSERT writers.
-//! - [`dbstats`], [`procfs`]: database work, memory and CPU.
+//! - [`dbstats`], [`procfs`]: database work, memory and CPU; [`waits`]: what
+//!   the writers wait for.
 //! - [`scenarios`]: one module per scenario; [`report`]: output.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ mod report;
 mod scenarios;
 mod server;
 mod sse;
+mod waits;
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;

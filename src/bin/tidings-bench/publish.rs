@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::fleet::epoch_micros;
 use crate::scenarios::baseline::BARE_NOTIFY;
+use crate::waits;
 
 /// Where the rows go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,9 +84,10 @@ impl Published {
 pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Published> {
     let writers = plan.writers.max(1);
     // Connect every writer before the clock starts.
+    let connect = connect.clone().application_name(waits::WRITER);
     let mut connections = Vec::with_capacity(writers);
     for _ in 0..writers {
-        connections.push(PgConnection::connect_with(connect).await?);
+        connections.push(PgConnection::connect_with(&connect).await?);
     }
     let start = Instant::now() + Duration::from_millis(20);
     let mut tasks = JoinSet::new();

@@ -17,6 +17,7 @@ use crate::dbstats::round;
 use crate::fleet::epoch_micros;
 use crate::harness::Harness;
 use crate::report::Report;
+use crate::waits::{self, Tally, Waits};
 
 /// The tables compared, by label.
 const TABLES: [(&str, &str); 3] = [
@@ -40,10 +41,12 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let seq = Arc::new(AtomicI64::new(1));
     let duration = Duration::from_secs_f64(sizes.ingest_seconds);
     for &writers in &sizes.ingest_writers {
-        let rates = medians(harness, writers, sizes.ingest_rounds, duration, &seq).await?;
+        let (rates, waited) =
+            medians(harness, writers, sizes.ingest_rounds, duration, &seq).await?;
         for (i, (label, _)) in TABLES.iter().enumerate() {
-            let name = format!("single_row.w{writers}.{label}.commits_per_s");
-            report.metric(&name, round(rates[i], 0));
+            let name = format!("single_row.w{writers}.{label}");
+            report.metric(&format!("{name}.commits_per_s"), round(rates[i], 0));
+            report.metric(&format!("{name}.writer_waits"), waited[i].summary());
         }
         crate::progress(format!("{writers} writers: {rates:.0?} commits/s"));
         let vs_notify = rates[1] / rates[0];
@@ -69,28 +72,33 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     Ok(report)
 }
 
-/// Median commits/s per table over `rounds`; each round measures every
-/// table once, in a rotating order, so drift in the machine's load (other
-/// work on it, checkpoints) spreads over all three instead of hitting one.
+/// Median commits/s per table over `rounds`, and what the writers waited
+/// for over all of them; each round measures every table once, in a
+/// rotating order, so drift in the machine's load (other work on it,
+/// checkpoints) spreads over all three instead of hitting one.
 async fn medians(
     harness: &Harness,
     writers: usize,
     rounds: usize,
     duration: Duration,
     seq: &Arc<AtomicI64>,
-) -> Result<[f64; 3]> {
+) -> Result<([f64; 3], [Tally; 3])> {
     let mut samples: [Vec<f64>; 3] = Default::default();
+    let mut waited: [Tally; 3] = Default::default();
     for round in 0..rounds.max(1) {
         for step in 0..TABLES.len() {
             let i = (round + step) % TABLES.len();
+            let waits = Waits::start(&harness.db);
             let rate = commits_per_s(harness, TABLES[i].1, writers, duration, seq).await?;
             samples[i].push(rate);
+            waited[i].add(waits.stop().await?);
         }
     }
-    Ok(samples.map(|mut rates| {
+    let rates = samples.map(|mut rates| {
         rates.sort_by(f64::total_cmp);
         rates[rates.len() / 2]
-    }))
+    });
+    Ok((rates, waited))
 }
 
 /// `writers` connections inserting one row per transaction for `duration`.
@@ -105,9 +113,10 @@ async fn commits_per_s(
         "INSERT INTO {table} (recipient, seq, kind, payload) \
          VALUES ($1, $2, 'bench', jsonb_build_object('t', $3::int8))"
     ));
+    let connect = harness.connect.clone().application_name(waits::WRITER);
     let mut connections = Vec::new();
     for _ in 0..writers {
-        connections.push(PgConnection::connect_with(&harness.connect).await?);
+        connections.push(PgConnection::connect_with(&connect).await?);
     }
     let prefix = Arc::new(uuid::Uuid::new_v4().simple().to_string());
     let end = Instant::now() + duration;

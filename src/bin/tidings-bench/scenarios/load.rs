@@ -16,6 +16,7 @@ use crate::harness::Harness;
 use crate::procfs;
 use crate::publish::{self, Plan, Target};
 use crate::report::{sample_errors, Books, Latency, Report};
+use crate::waits::Waits;
 
 struct Shape {
     streams: usize,
@@ -160,7 +161,10 @@ async fn steady_load(
         recipients: names.clone(),
     };
     let publishing = Instant::now();
+    let waits = Waits::start(&harness.db);
     let published = publish::publish(&harness.connect, &plan).await?;
+    let waited = waits.stop().await?;
+    report.metric("publish.writer_waits", waited.summary());
     let streams_of = streams_per_recipient(shape);
     let expected: u64 = published
         .per_recipient
@@ -203,7 +207,7 @@ async fn steady_load(
     memory(report, "before_streams", rss_base, rss_base, shape.streams);
     memory(report, "idle", rss_idle, rss_base, shape.streams);
     memory(report, "loaded_peak", rss_loaded, rss_base, shape.streams);
-    let bench_xacts = (published.committed + published.failed) as i64 + 1;
+    let bench_xacts = (published.committed + published.failed + waited.queries) as i64 + 1;
     let db = dbstats::per_event(harness.stats, &before, &after, books.received, bench_xacts);
     report.metrics_from("db", &db);
     Ok(Outcome {
@@ -260,7 +264,10 @@ async fn commits_without_streams(
     let prefix = format!("no_streams.{}", target.label());
     crate::progress(format!("{prefix}: {} rows", plan.rows));
     let usage = Usage::now(harness);
+    let waits = Waits::start(&harness.db);
     let published = publish::publish(&harness.connect, &plan).await?;
+    let waited = waits.stop().await?;
+    report.metric(&format!("{prefix}.writer_waits"), waited.summary());
     usage.report_since(harness, report, &format!("{prefix}."));
     report.metric(&format!("{prefix}.failed"), published.failed);
     let rate = round(published.rate(), 1);
