@@ -58,6 +58,22 @@ struct Link {
     canonical: Vec<u8>,
     /// The recipient's counter: how many events it says exist.
     last_seq: i64,
+    /// How many notifications this event is (1 or 0), and how many it marks
+    /// read: the counter's running totals must equal their sums.
+    notifications: i64,
+    marked: i64,
+    /// The counter's running totals, if the recipient has a counter row.
+    counted_notifications: Option<i64>,
+    counted_read: Option<i64>,
+}
+
+/// A recipient's running totals: as the counter row states them, and as the
+/// chain adds them up.
+#[derive(Default)]
+struct Totals {
+    counted: Option<(i64, i64)>,
+    notifications: i64,
+    read: i64,
 }
 
 /// Where the walk is within the current recipient's chain.
@@ -67,6 +83,7 @@ struct Walk {
     expected_seq: i64,
     previous: Vec<u8>,
     last_seq: i64,
+    totals: Totals,
     verdict: Option<BrokenLink>,
     recipients: u64,
     events: u64,
@@ -82,10 +99,14 @@ impl Walk {
             self.recipient = Some(link.recipient.clone());
             self.expected_seq = 1;
             self.previous.clear();
+            self.totals = Totals::default();
             self.recipients += 1;
         }
         self.events += 1;
         self.last_seq = link.last_seq;
+        self.totals.counted = link.counted_notifications.zip(link.counted_read);
+        self.totals.notifications += link.notifications;
+        self.totals.read += link.marked;
         if link.seq != self.expected_seq {
             let problem = if link.seq > self.expected_seq {
                 "event missing"
@@ -118,7 +139,8 @@ impl Walk {
         true
     }
 
-    /// At the end of a recipient's chain: does the counter agree it ends here?
+    /// At the end of a recipient's chain: does the counter agree it ends
+    /// here, and with the totals the chain adds up to?
     fn finish_recipient(&mut self) -> bool {
         let Some(recipient) = self.recipient.clone() else {
             return true;
@@ -133,7 +155,17 @@ impl Walk {
                 last.to_string(),
             );
         }
-        true
+        let summed = (self.totals.notifications, self.totals.read);
+        match self.totals.counted {
+            Some(counted) if counted != summed => self.broken(
+                &recipient,
+                last,
+                "counter totals disagree with the chain (notifications, read)",
+                format!("{}, {}", summed.0, summed.1),
+                format!("{}, {}", counted.0, counted.1),
+            ),
+            _ => true,
+        }
     }
 
     fn broken(
@@ -162,16 +194,20 @@ pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, s
         Link,
         r#"
         SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.hash AS "hash!", e.canonical AS "canonical!",
-               coalesce(c.last_seq, 0) AS "last_seq!"
+               coalesce(c.last_seq, 0) AS "last_seq!",
+               e.notifications AS "notifications!", e.marked AS "marked!",
+               c.notifications AS "counted_notifications?", c.read AS "counted_read?"
           FROM (
             SELECT n.recipient, n.seq, n.hash,
                    convert_to(jsonb_build_array('notification', n.recipient, n.seq, n.id, n.kind, n.payload,
-                       n.idempotency_key, (extract(epoch FROM n.created_at) * 1000000)::bigint)::text, 'UTF8') AS canonical
+                       n.idempotency_key, (extract(epoch FROM n.created_at) * 1000000)::bigint)::text, 'UTF8') AS canonical,
+                   1::int8 AS notifications, 0::int8 AS marked
               FROM tidings.notifications n WHERE $1::text IS NULL OR n.recipient = $1
             UNION ALL
             SELECT r.recipient, r.seq, r.hash,
                    convert_to(jsonb_build_array('read', r.recipient, r.seq, r.id, to_jsonb(r.notification_ids),
-                       (extract(epoch FROM r.created_at) * 1000000)::bigint)::text, 'UTF8')
+                       (extract(epoch FROM r.created_at) * 1000000)::bigint)::text, 'UTF8'),
+                   0::int8, cardinality(r.notification_ids)::int8
               FROM tidings.reads r WHERE $1::text IS NULL OR r.recipient = $1
           ) e
           LEFT JOIN tidings.recipients c ON c.recipient = e.recipient

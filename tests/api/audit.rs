@@ -153,6 +153,28 @@ async fn a_deleted_last_event_is_caught_by_the_counter() {
 }
 
 #[tokio::test]
+async fn a_counter_whose_totals_disagree_with_the_chain_is_caught() {
+    let app = spawn_app().await;
+    history(&app).await;
+
+    tamper(
+        &app,
+        "UPDATE tidings.recipients SET read = read + 1 WHERE recipient = 'alice'",
+    )
+    .await;
+    let verdict = verify_api(&app, None).await;
+
+    assert_eq!(verdict["broken"]["recipient"], "alice");
+    assert_eq!(verdict["broken"]["seq"], 6);
+    assert_eq!(
+        verdict["broken"]["problem"],
+        "counter totals disagree with the chain (notifications, read)"
+    );
+    assert_eq!(verdict["broken"]["expected"], "5, 1");
+    assert_eq!(verdict["broken"]["found"], "5, 2");
+}
+
+#[tokio::test]
 async fn reordered_events_are_caught() {
     let app = spawn_app().await;
     history(&app).await;

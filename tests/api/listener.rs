@@ -18,15 +18,13 @@ async fn kill_listener(app: &TestApp) -> u64 {
     .rows_affected()
 }
 
-/// Switches the NOTIFY trigger off or on: hints lost at the source.
+/// Switches hints off or on: hints lost at the source.
 async fn set_hints(app: &TestApp, on: bool) {
-    let verb = if on { "ENABLE" } else { "DISABLE" };
-    sqlx::query(&format!(
-        "ALTER TABLE tidings.notifications {verb} TRIGGER hint"
-    ))
-    .execute(&app.db)
-    .await
-    .expect("switch hints");
+    sqlx::query("SELECT tidings.set_hints($1)")
+        .bind(on)
+        .execute(&app.db)
+        .await
+        .expect("switch hints");
 }
 
 async fn wait_for_readyz(app: &TestApp, status: u16) -> bool {

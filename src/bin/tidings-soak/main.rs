@@ -13,8 +13,9 @@
 //! LISTEN backend is terminated), `half-open` (the LISTEN connection
 //! silently drops all traffic), `pg-restart-fast`, `pg-restart-immediate`,
 //! `kill-tidings` (SIGKILL, then restart), `rolling-restart` (SIGTERM each
-//! instance in turn), `lost-hints` (the NOTIFY trigger is disabled for a
-//! while). Client connections are cut at random points throughout.
+//! instance in turn), `lost-hints` (hints are switched off at the source,
+//! `tidings.set_hints(false)`, for a while). Client connections are cut at
+//! random points throughout.
 
 mod client;
 mod fleet;
@@ -410,21 +411,17 @@ async fn restart_postgres(rig: &Rig, how: Shutdown) -> Result<()> {
 }
 
 async fn set_hints(admin: &PgPool, on: bool) -> Result<()> {
-    let verb = if on { "ENABLE" } else { "DISABLE" };
-    for table in ["notifications", "reads"] {
-        // Retried: the pool may still hold connections from before a restart.
-        for attempt in 0..20 {
-            let done = sqlx::query(&format!("ALTER TABLE tidings.{table} {verb} TRIGGER hint"))
-                .execute(admin)
-                .await;
-            if done.is_ok() {
-                break;
-            }
-            if attempt == 19 {
-                done?;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    // Retried: the pool may still hold connections from before a restart.
+    for attempt in 0..20 {
+        let done = sqlx::query("SELECT tidings.set_hints($1)")
+            .bind(on)
+            .execute(admin)
+            .await;
+        if done.is_ok() || attempt == 19 {
+            done?;
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }
