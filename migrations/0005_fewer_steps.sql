@@ -15,10 +15,10 @@
 --    `tidings.send_hint`, a one-line SQL function PostgreSQL inlines into
 --    the statement. The `hint` row triggers go: one PL/pgSQL call and one
 --    WHEN clause (re-read from the catalog in every statement) less per row.
---    The hint is sent exactly where the trigger sent it: on a cache miss,
---    i.e. by the UPDATE that takes a recipient's counter row in this
---    transaction. `tidings.set_hints(false)` switches hints off (the fault
---    suite does, to lose hints at the source).
+--    The hint is sent exactly where the trigger sent it: by each counter
+--    UPDATE a notification's cache miss runs, and for each read event
+--    kept. `tidings.set_hints(false)` switches hints off (the fault suite
+--    does, to lose hints at the source).
 -- 2. assign_notification_seq decides the common case - a miss without an
 --    idempotency key while the cache is not ahead of its counter row - with
 --    one test, and gives the row its created_at inside the UPDATE.
@@ -33,9 +33,11 @@
 -- to send nothing (hints lost at the source; tidings' sweep still
 -- delivers), `true` restores it. A redefinition reaches every session at its
 -- next statement, as PostgreSQL re-plans statements that inlined it. Only
--- the schema's owner may call it (redefining a function needs ownership).
+-- the functions' owner (or a superuser) may call it: EXECUTE is revoked from
+-- PUBLIC, and redefining send_hint needs its ownership. STRICT: NULL does
+-- nothing rather than switching hints off.
 CREATE FUNCTION tidings.set_hints(enabled boolean) RETURNS void
-LANGUAGE plpgsql AS $set$
+LANGUAGE plpgsql STRICT AS $set$
 BEGIN
     EXECUTE format(
         'CREATE OR REPLACE FUNCTION tidings.send_hint(recipient text) RETURNS text '
@@ -178,8 +180,9 @@ $$;
 
 -- C1, as in 0004. `tidings.unwritten` is NULL (never set in this session),
 -- '' (set in an earlier transaction), '0', or a count without leading
--- zeros; only a positive count sorts after '0', in any collation ("C" makes
--- it a byte comparison). NULL > '0' is NULL: the trigger does not fire.
+-- zeros; of those, only a positive count sorts after '0' (compared byte by
+-- byte: "C" is the cheapest collation). NULL > '0' is NULL: the trigger does
+-- not fire.
 -- Must stay equal to tidings.cache_is_ahead().
 DROP TRIGGER write_counter ON tidings.notifications;
 DROP TRIGGER write_counter ON tidings.reads;
@@ -197,15 +200,15 @@ CREATE TRIGGER write_counter AFTER INSERT ON tidings.reads
 --    of a table from the catalog, plans it and compiles it again in each
 --    statement that writes the table: these three cost about 54,000
 --    instructions per single-row INSERT (callgrind, a tenth of the whole
---    commit). What they stated holds by construction - only the triggers
---    write `recipients`, and they only add to these columns, starting from
---    0 - and is still checked where it matters:
---      last_seq >= 0 and its value: `tidings verify` compares the counter
---        with the last seq of the recipient's chain (C1), and UNIQUE
---        (recipient, seq) refuses any seq handed out twice (I1);
---      notifications >= 0, 0 <= read <= notifications: the running totals
---        count what I6 lets in (each notification read at most once, by its
---        own recipient); `tidings verify` recounts them.
+--    commit). What they stated holds by construction - the triggers only
+--    add to these columns, starting from 0, and the totals count what I6
+--    lets in (each notification read at most once, by its own recipient).
+--    `recipients` has no append-only guard, so a direct write is possible;
+--    that is checked where it matters instead of on every append:
+--    `tidings verify` requires every recipient with events to have a
+--    counter row that continues its chain exactly (C1: the same last seq
+--    and hash, and totals equal to the chain's notifications and read
+--    marks), and UNIQUE (recipient, seq) refuses a seq handed out twice.
 ALTER TABLE tidings.recipients
     DROP CONSTRAINT recipients_last_seq_check,
     DROP CONSTRAINT recipients_notifications_check,

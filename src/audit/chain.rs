@@ -50,30 +50,39 @@ pub struct Head {
     pub hash: String,
 }
 
-/// One event as the verifier sees it.
+/// One event as the verifier sees it, with its recipient's counter row.
 struct Link {
     recipient: String,
     seq: i64,
     hash: Vec<u8>,
     canonical: Vec<u8>,
-    /// The recipient's counter: how many events it says exist.
-    last_seq: i64,
     /// How many notifications this event is (1 or 0), and how many it marks
     /// read: the counter's running totals must equal their sums.
     notifications: i64,
     marked: i64,
-    /// The counter's running totals, if the recipient has a counter row.
+    /// The counter row (invariant C1), all NULL if there is none.
+    counter_seq: Option<i64>,
+    counter_hash: Option<Vec<u8>>,
     counted_notifications: Option<i64>,
     counted_read: Option<i64>,
 }
 
-/// A recipient's running totals: as the counter row states them, and as the
-/// chain adds them up.
-#[derive(Default)]
-struct Totals {
-    counted: Option<(i64, i64)>,
-    notifications: i64,
-    read: i64,
+/// A recipient's counter row: what the next append continues from, so it
+/// must agree with the chain's end.
+struct Counter {
+    last_seq: i64,
+    last_hash: Vec<u8>,
+    totals: (i64, i64),
+}
+
+impl Link {
+    fn counter(&self) -> Option<Counter> {
+        Some(Counter {
+            last_seq: self.counter_seq?,
+            last_hash: self.counter_hash.clone()?,
+            totals: (self.counted_notifications?, self.counted_read?),
+        })
+    }
 }
 
 /// Where the walk is within the current recipient's chain.
@@ -82,8 +91,9 @@ struct Walk {
     recipient: Option<String>,
     expected_seq: i64,
     previous: Vec<u8>,
-    last_seq: i64,
-    totals: Totals,
+    counter: Option<Counter>,
+    /// Notifications and read marks in the chain so far.
+    totals: (i64, i64),
     verdict: Option<BrokenLink>,
     recipients: u64,
     events: u64,
@@ -99,14 +109,13 @@ impl Walk {
             self.recipient = Some(link.recipient.clone());
             self.expected_seq = 1;
             self.previous.clear();
-            self.totals = Totals::default();
+            self.counter = link.counter();
+            self.totals = (0, 0);
             self.recipients += 1;
         }
         self.events += 1;
-        self.last_seq = link.last_seq;
-        self.totals.counted = link.counted_notifications.zip(link.counted_read);
-        self.totals.notifications += link.notifications;
-        self.totals.read += link.marked;
+        self.totals.0 += link.notifications;
+        self.totals.1 += link.marked;
         if link.seq != self.expected_seq {
             let problem = if link.seq > self.expected_seq {
                 "event missing"
@@ -139,33 +148,57 @@ impl Walk {
         true
     }
 
-    /// At the end of a recipient's chain: does the counter agree it ends
-    /// here, and with the totals the chain adds up to?
+    /// At the end of a recipient's chain: the counter row must continue
+    /// exactly from here (C1), or the next append would break the chain.
     fn finish_recipient(&mut self) -> bool {
         let Some(recipient) = self.recipient.clone() else {
             return true;
         };
-        let last = self.expected_seq - 1;
-        if self.last_seq > last {
-            return self.broken(
-                &recipient,
+        match self.counter_disagreement(self.expected_seq - 1) {
+            Some((seq, problem, expected, found)) => {
+                self.broken(&recipient, seq, problem, expected, found)
+            }
+            None => true,
+        }
+    }
+
+    /// How the counter row disagrees with a chain that ends at `last`, if
+    /// it does: the seq to report, the problem, what the chain expects and
+    /// what the counter says. Same seq, same hash, and the totals the chain
+    /// adds up to.
+    fn counter_disagreement(&mut self, last: i64) -> Option<(i64, &'static str, String, String)> {
+        let Some(counter) = self.counter.take() else {
+            let problem = "no counter row for a recipient with events";
+            return Some((last, problem, last.to_string(), "none".into()));
+        };
+        let show = |(n, r): (i64, i64)| format!("{n}, {r}");
+        let (seq, problem, expected, found) = if counter.last_seq > last {
+            // The counter counts events the chain no longer has.
+            let problem = "events missing at the end of the chain";
+            (
                 last + 1,
-                "events missing at the end of the chain",
-                self.last_seq.to_string(),
+                problem,
+                counter.last_seq.to_string(),
                 last.to_string(),
-            );
-        }
-        let summed = (self.totals.notifications, self.totals.read);
-        match self.totals.counted {
-            Some(counted) if counted != summed => self.broken(
-                &recipient,
+            )
+        } else if counter.last_seq < last {
+            let problem = "counter behind the chain";
+            (
                 last,
-                "counter totals disagree with the chain (notifications, read)",
-                format!("{}, {}", summed.0, summed.1),
-                format!("{}, {}", counted.0, counted.1),
-            ),
-            _ => true,
-        }
+                problem,
+                last.to_string(),
+                counter.last_seq.to_string(),
+            )
+        } else if counter.last_hash != self.previous {
+            let (chain, counted) = (hex::encode(&self.previous), hex::encode(&counter.last_hash));
+            (last, "counter hash is not the chain's head", chain, counted)
+        } else if counter.totals != self.totals {
+            let problem = "counter totals disagree with the chain (notifications, read)";
+            (last, problem, show(self.totals), show(counter.totals))
+        } else {
+            return None;
+        };
+        Some((seq, problem, expected, found))
     }
 
     fn broken(
@@ -194,8 +227,8 @@ pub async fn verify(pool: &PgPool, recipient: Option<&str>) -> Result<Verdict, s
         Link,
         r#"
         SELECT e.recipient AS "recipient!", e.seq AS "seq!", e.hash AS "hash!", e.canonical AS "canonical!",
-               coalesce(c.last_seq, 0) AS "last_seq!",
                e.notifications AS "notifications!", e.marked AS "marked!",
+               c.last_seq AS "counter_seq?", c.last_hash AS "counter_hash?",
                c.notifications AS "counted_notifications?", c.read AS "counted_read?"
           FROM (
             SELECT n.recipient, n.seq, n.hash,

@@ -152,26 +152,61 @@ async fn a_deleted_last_event_is_caught_by_the_counter() {
     );
 }
 
+/// The counter row is where the next append continues from (C1): any edit
+/// that leaves it disagreeing with the chain's end is caught.
 #[tokio::test]
-async fn a_counter_whose_totals_disagree_with_the_chain_is_caught() {
-    let app = spawn_app().await;
-    history(&app).await;
+async fn a_counter_row_that_does_not_continue_the_chain_is_caught() {
+    // (edit, recipient, seq, problem, expected, found); alice has 5
+    // notifications and 1 read mark (seq 1-6), bob 1 notification.
+    let cases = [
+        (
+            "UPDATE tidings.recipients SET read = read + 1 WHERE recipient = 'alice'",
+            "alice",
+            6,
+            "counter totals disagree with the chain (notifications, read)",
+            "5, 1",
+            "5, 2",
+        ),
+        (
+            "UPDATE tidings.recipients SET last_seq = 5 WHERE recipient = 'alice'",
+            "alice",
+            6,
+            "counter behind the chain",
+            "6",
+            "5",
+        ),
+        (
+            "UPDATE tidings.recipients SET last_hash = '\\x00' WHERE recipient = 'alice'",
+            "alice",
+            6,
+            "counter hash is not the chain's head",
+            "",
+            "00",
+        ),
+        (
+            "DELETE FROM tidings.recipients WHERE recipient = 'bob'",
+            "bob",
+            1,
+            "no counter row for a recipient with events",
+            "1",
+            "none",
+        ),
+    ];
+    for (edit, recipient, seq, problem, expected, found) in cases {
+        let app = spawn_app().await;
+        history(&app).await;
 
-    tamper(
-        &app,
-        "UPDATE tidings.recipients SET read = read + 1 WHERE recipient = 'alice'",
-    )
-    .await;
-    let verdict = verify_api(&app, None).await;
+        tamper(&app, edit).await;
+        let broken = &verify_api(&app, None).await["broken"];
 
-    assert_eq!(verdict["broken"]["recipient"], "alice");
-    assert_eq!(verdict["broken"]["seq"], 6);
-    assert_eq!(
-        verdict["broken"]["problem"],
-        "counter totals disagree with the chain (notifications, read)"
-    );
-    assert_eq!(verdict["broken"]["expected"], "5, 1");
-    assert_eq!(verdict["broken"]["found"], "5, 2");
+        assert_eq!(broken["recipient"], recipient, "{edit}");
+        assert_eq!(broken["seq"], seq, "{edit}");
+        assert_eq!(broken["problem"], problem, "{edit}");
+        if !expected.is_empty() {
+            assert_eq!(broken["expected"], expected, "{edit}");
+        }
+        assert_eq!(broken["found"], found, "{edit}");
+    }
 }
 
 #[tokio::test]
@@ -197,8 +232,9 @@ async fn a_chain_rewritten_to_its_end_verifies_again_but_its_head_changes() {
     history(&app).await;
     let (_, heads_before) = verify_cli(&app, &["--heads"]);
 
-    // A superuser edits seq 2 and recomputes every later link: what the
-    // chain alone cannot catch, and why the heads are kept elsewhere.
+    // A superuser edits seq 2 and recomputes every later link and the
+    // counter's copy of the head: what the chain alone cannot catch, and
+    // why the heads are kept elsewhere.
     tamper(&app, "UPDATE tidings.notifications SET payload = '{\"n\": 200}' WHERE recipient = 'alice' AND seq = 2").await;
     let rewrite = r#"
         DO $$
@@ -211,6 +247,7 @@ async fn a_chain_rewritten_to_its_end_verifies_again_but_its_head_changes() {
               UPDATE tidings.reads r SET hash = sha256(previous || tidings.canonical(r)) WHERE r.id = e.id RETURNING hash INTO previous;
             END IF;
           END LOOP;
+          UPDATE tidings.recipients SET last_hash = previous WHERE recipient = 'alice';
         END $$"#;
     tamper(&app, rewrite).await;
     let verdict = verify_api(&app, None).await;
