@@ -29,14 +29,14 @@ pub fn options(url: &str, application_name: &str) -> Result<PgConnectOptions, sq
 /// would otherwise find that table in the `tidings` schema once the first
 /// migration creates it, and re-run every migration on the next start.
 pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size.max(1))
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(pinned_path(options))
+    lazy(PgPoolOptions::new().max_connections(size.max(1)), options)
 }
 
-fn pinned_path(options: PgConnectOptions) -> PgConnectOptions {
-    options.options([("search_path", "public")])
+/// What every pool of tidings shares: lazy connections, a bounded wait for
+/// one, and the pinned search path.
+fn lazy(pool: PgPoolOptions, options: PgConnectOptions) -> PgPool {
+    pool.acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.options([("search_path", "public")]))
 }
 
 /// The hub's connection: one, as the hub fetches one batch at a time, and
@@ -51,14 +51,14 @@ fn pinned_path(options: PgConnectOptions) -> PgConnectOptions {
 /// reopened in the background), so a burst after a quiet spell does not wait
 /// for a new session, its prepare and its plan.
 pub fn hub_pool(options: PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(1)
-        .idle_timeout(None)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(
-            pinned_path(options).options([("plan_cache_mode", "force_generic_plan")]),
-        )
+        .idle_timeout(None);
+    lazy(
+        pool,
+        options.options([("plan_cache_mode", "force_generic_plan")]),
+    )
 }
 
 /// A read-only transaction on one snapshot, for answers made of several

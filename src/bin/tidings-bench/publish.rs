@@ -84,7 +84,7 @@ impl Published {
 pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Published> {
     let writers = plan.writers.max(1);
     // Connect every writer before the clock starts.
-    let connect = connect.clone().application_name(waits::WRITER);
+    let connect = waits::writer(connect);
     let mut connections = Vec::with_capacity(writers);
     for _ in 0..writers {
         connections.push(PgConnection::connect_with(&connect).await?);

@@ -10,12 +10,13 @@
 //! statement at those instants.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// The `application_name` the writers connect with, so they can be told
 /// from tidings' own connections and from this sampler.
@@ -46,45 +47,42 @@ const KINDS: [(&str, &str); 5] = [
     ("other", "other"),
 ];
 
-/// A running sampler; [`Waits::stop`] ends it.
-pub struct Waits {
-    stop: oneshot::Sender<()>,
-    sampling: JoinHandle<Tally>,
+/// The writers' connection options: `connect`, named [`WRITER`].
+pub fn writer(connect: &PgConnectOptions) -> PgConnectOptions {
+    connect.clone().application_name(WRITER)
 }
 
-impl Waits {
-    pub fn start(db: &PgPool) -> Self {
-        let (stop, mut stopped) = oneshot::channel();
-        let db = db.clone();
-        let sampling = tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while stopped.try_recv().is_err() {
-                let states = sqlx::query_scalar::<_, String>(STATES)
-                    .bind(WRITER)
-                    .fetch_all(&db)
-                    .await;
-                tally.queries += 1;
-                match states {
-                    Ok(states) => {
-                        for state in states {
-                            *tally.seen.entry(state).or_insert(0) += 1;
-                        }
-                    }
-                    // A lost sample must not cost the measurement it
-                    // explains; the summary says how many were lost.
-                    Err(_) => tally.failed += 1,
-                }
-                tokio::time::sleep(EVERY).await;
-            }
-            tally
-        });
-        Self { stop, sampling }
-    }
+/// Runs `work` (writers writing) while sampling what the writers wait for.
+pub async fn during<T>(db: &PgPool, work: impl Future<Output = Result<T>>) -> Result<(T, Tally)> {
+    let (stop, stopped) = oneshot::channel();
+    let sampling = tokio::spawn(sample(db.clone(), stopped));
+    let done = work.await;
+    let _ = stop.send(());
+    let tally = sampling.await?;
+    Ok((done?, tally))
+}
 
-    pub async fn stop(self) -> Result<Tally> {
-        let _ = self.stop.send(());
-        Ok(self.sampling.await?)
+async fn sample(db: PgPool, mut stopped: oneshot::Receiver<()>) -> Tally {
+    let mut tally = Tally::default();
+    while stopped.try_recv().is_err() {
+        let states = sqlx::query_scalar::<_, String>(STATES)
+            .bind(WRITER)
+            .fetch_all(&db)
+            .await;
+        tally.queries += 1;
+        match states {
+            Ok(states) => {
+                for state in states {
+                    *tally.seen.entry(state).or_insert(0) += 1;
+                }
+            }
+            // A lost sample must not cost the measurement it explains;
+            // the summary says how many were lost.
+            Err(_) => tally.failed += 1,
+        }
+        tokio::time::sleep(EVERY).await;
     }
+    tally
 }
 
 /// What the samples saw.

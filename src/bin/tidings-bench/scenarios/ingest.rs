@@ -17,7 +17,7 @@ use crate::dbstats::round;
 use crate::fleet::epoch_micros;
 use crate::harness::Harness;
 use crate::report::Report;
-use crate::waits::{self, Tally, Waits};
+use crate::waits::{self, Tally};
 
 /// The tables compared, by label.
 const TABLES: [(&str, &str); 3] = [
@@ -88,10 +88,10 @@ async fn medians(
     for round in 0..rounds.max(1) {
         for step in 0..TABLES.len() {
             let i = (round + step) % TABLES.len();
-            let waits = Waits::start(&harness.db);
-            let rate = commits_per_s(harness, TABLES[i].1, writers, duration, seq).await?;
+            let writing = commits_per_s(harness, TABLES[i].1, writers, duration, seq);
+            let (rate, tally) = waits::during(&harness.db, writing).await?;
             samples[i].push(rate);
-            waited[i].add(waits.stop().await?);
+            waited[i].add(tally);
         }
     }
     let rates = samples.map(|mut rates| {
@@ -113,7 +113,7 @@ async fn commits_per_s(
         "INSERT INTO {table} (recipient, seq, kind, payload) \
          VALUES ($1, $2, 'bench', jsonb_build_object('t', $3::int8))"
     ));
-    let connect = harness.connect.clone().application_name(waits::WRITER);
+    let connect = waits::writer(&harness.connect);
     let mut connections = Vec::new();
     for _ in 0..writers {
         connections.push(PgConnection::connect_with(&connect).await?);

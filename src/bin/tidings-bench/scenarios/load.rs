@@ -16,7 +16,7 @@ use crate::harness::Harness;
 use crate::procfs;
 use crate::publish::{self, Plan, Target};
 use crate::report::{sample_errors, Books, Latency, Report};
-use crate::waits::Waits;
+use crate::waits;
 
 struct Shape {
     streams: usize,
@@ -161,9 +161,8 @@ async fn steady_load(
         recipients: names.clone(),
     };
     let publishing = Instant::now();
-    let waits = Waits::start(&harness.db);
-    let published = publish::publish(&harness.connect, &plan).await?;
-    let waited = waits.stop().await?;
+    let writing = publish::publish(&harness.connect, &plan);
+    let (published, waited) = waits::during(&harness.db, writing).await?;
     report.metric("publish.writer_waits", waited.summary());
     let streams_of = streams_per_recipient(shape);
     let expected: u64 = published
@@ -264,9 +263,8 @@ async fn commits_without_streams(
     let prefix = format!("no_streams.{}", target.label());
     crate::progress(format!("{prefix}: {} rows", plan.rows));
     let usage = Usage::now(harness);
-    let waits = Waits::start(&harness.db);
-    let published = publish::publish(&harness.connect, &plan).await?;
-    let waited = waits.stop().await?;
+    let writing = publish::publish(&harness.connect, &plan);
+    let (published, waited) = waits::during(&harness.db, writing).await?;
     report.metric(&format!("{prefix}.writer_waits"), waited.summary());
     usage.report_since(harness, report, &format!("{prefix}."));
     report.metric(&format!("{prefix}.failed"), published.failed);
