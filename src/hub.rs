@@ -178,6 +178,11 @@ impl Hub {
 
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
+    ///
+    /// Every append in the database hints, but most recipients have no open
+    /// stream here: those hints end at the map lookup, without waking the
+    /// fetcher. Nor does a recipient already pending: the fetch that takes
+    /// it starts after this hint's rows were committed.
     pub fn hint(&self, payload: &str) {
         if payload == "*" {
             return self.hint_everyone();
@@ -187,14 +192,19 @@ impl Hub {
         };
         let channels = lock(&self.shared.channels);
         let mut pending = lock(&self.shared.pending);
-        pending.note_arrival();
+        let mut added = false;
         for recipient in recipients {
             if let Some((name, _)) = channels.get_key_value(recipient.as_str()) {
-                pending.recipients.insert(name.clone());
+                added |= pending.recipients.insert(name.clone());
             }
         }
+        if added {
+            pending.note_arrival();
+        }
         drop((channels, pending));
-        self.shared.wake.notify_one();
+        if added {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Makes every open stream's recipient be compared with the table: after
