@@ -89,7 +89,7 @@ fn bench_smoke_latency() {
     assert_eq!(metrics["events.expected"], 200);
     assert!(observations(&metrics["publish.writer_waits"]).is_some());
     // The comparison without streams wrote the same 100 rows into each table.
-    for table in ["bare_notify", "tidings"] {
+    for table in ["plain", "bare_notify", "tidings"] {
         assert!(observations(&metrics[&format!("no_streams.{table}.writer_waits")]).is_some());
         assert_eq!(metrics[&format!("no_streams.{table}.failed")], 0);
         assert_eq!(
@@ -171,7 +171,7 @@ fn bench_smoke_ingest() {
     );
     let mut observed = 0;
     for writers in ["w1", "w2"] {
-        for table in ["tidings", "bare_notify", "plain"] {
+        for table in ["tidings", "bare_notify", "seq_notify", "plain"] {
             let name = format!("single_row.{writers}.{table}.commits_per_s");
             assert!(metrics[&name].as_f64().unwrap_or(0.0) > 0.0, "{name}");
             let waits = &metrics[&format!("single_row.{writers}.{table}.writer_waits")];
@@ -180,7 +180,7 @@ fn bench_smoke_ingest() {
     }
     // Writers that insert flat out are seen in their statements.
     assert!(observed > 0, "no writer was ever seen in a statement");
-    for table in ["tidings", "bare_notify", "plain"] {
+    for table in ["tidings", "bare_notify", "seq_notify", "plain"] {
         assert!(metrics[&format!("bulk.{table}.sorted_ms")].is_number());
     }
 }

@@ -15,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 
 use crate::fleet::epoch_micros;
-use crate::scenarios::baseline::BARE_NOTIFY;
+use crate::scenarios::baseline::{BARE_NOTIFY, PLAIN};
 use crate::waits;
 
 /// Where the rows go.
@@ -26,6 +26,8 @@ pub enum Target {
     /// The baseline table with only a bare `pg_notify` trigger; the writer
     /// gives the seq (the row's number in the plan, unique).
     BareNotify,
+    /// The baseline table without triggers (no NOTIFY); seq as above.
+    Plain,
 }
 
 impl Target {
@@ -34,6 +36,7 @@ impl Target {
         match self {
             Self::Tidings => "tidings",
             Self::BareNotify => "bare_notify",
+            Self::Plain => "plain",
         }
     }
 
@@ -42,9 +45,14 @@ impl Target {
             Self::Tidings => "INSERT INTO tidings.notifications (recipient, kind, payload) \
                  VALUES ($1, 'bench', jsonb_build_object('t', $2::int8)) RETURNING seq"
                 .to_owned(),
-            Self::BareNotify => format!(
-                "INSERT INTO {BARE_NOTIFY} (recipient, kind, payload, seq) \
-                 VALUES ($1, 'bench', jsonb_build_object('t', $2::int8), $3) RETURNING seq"
+            Self::BareNotify | Self::Plain => format!(
+                "INSERT INTO {} (recipient, kind, payload, seq) \
+                 VALUES ($1, 'bench', jsonb_build_object('t', $2::int8), $3) RETURNING seq",
+                if self == Self::Plain {
+                    PLAIN
+                } else {
+                    BARE_NOTIFY
+                }
             ),
         }
     }
@@ -149,7 +157,7 @@ impl Writer {
             let mut insert = sqlx::query_scalar(&statement)
                 .bind(&self.recipients[recipient])
                 .bind(epoch_micros());
-            if self.target == Target::BareNotify {
+            if self.target != Target::Tidings {
                 insert = insert.bind(k as i64 + 1);
             }
             let inserted: Result<i64, _> = insert.fetch_one(&mut conn).await;

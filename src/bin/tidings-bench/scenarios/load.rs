@@ -225,10 +225,12 @@ async fn steady_load(
 }
 
 /// After the streams have closed, the same writers at the same rate for up
-/// to 10 s each into the bare-NOTIFY baseline table and into tidings: the
-/// commit latency PostgreSQL alone gives at this rate on this machine (the
-/// floor under `publish.insert_commit_ms`), and what tidings' triggers add
-/// to it without the load of delivering. Returns the bare table's.
+/// to 10 s each into the baseline tables and into tidings: the commit
+/// latency PostgreSQL alone gives at this rate on this machine with a bare
+/// NOTIFY (the floor under `publish.insert_commit_ms`) and without one (the
+/// floor of any design that does not notify in the writer's commit), and
+/// what tidings' triggers add without the load of delivering. Returns the
+/// bare-NOTIFY table's.
 async fn without_streams(
     harness: &Harness,
     shape: &Shape,
@@ -237,6 +239,7 @@ async fn without_streams(
     let seconds = shape.seconds.min(10.0);
     report.metric("no_streams.seconds", seconds);
     let baseline = Baseline::create(&harness.db).await?;
+    commits_without_streams(harness, shape, seconds, Target::Plain, report).await?;
     let floor =
         commits_without_streams(harness, shape, seconds, Target::BareNotify, report).await?;
     commits_without_streams(harness, shape, seconds, Target::Tidings, report).await?;
