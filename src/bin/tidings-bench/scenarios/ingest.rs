@@ -197,35 +197,27 @@ async fn commits_per_s(
     Ok(commits as f64 / started.elapsed().as_secs_f64())
 }
 
-/// One INSERT ... SELECT per table and order, repeated; medians in ms.
+/// One INSERT ... SELECT per table and order, repeated; medians in ms. Each
+/// repeat measures every table in a rotating order, as the single-row
+/// rounds do: the first table after the rounds would otherwise always share
+/// the machine with the autovacuum those rounds set off.
 async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
     let rows = cli.sizes.bulk_rows;
-    let mut medians: PerTable<[f64; 2]> = Default::default();
-    for (t, (label, table)) in TABLES.iter().enumerate() {
-        for (o, order) in ["sorted", "unsorted"].iter().enumerate() {
-            // Sorted: one recipient after another. Unsorted: generation
-            // order, which cycles through all recipients row by row.
-            let order_by = if o == 0 { "recipient, seq" } else { "seq" };
-            let mut times = Vec::new();
-            for _ in 0..cli.sizes.bulk_repeats.max(1) {
-                let prefix = uuid::Uuid::new_v4().simple().to_string();
-                let statement = format!(
-                    "INSERT INTO {table} (recipient, seq, kind, payload)
-                     SELECT $1 || '-' || (i % {RECIPIENTS}) AS recipient, i AS seq, 'bench',
-                            jsonb_build_object('n', i)
-                       FROM generate_series(1, $2::int8) AS g(i) ORDER BY {order_by}"
-                );
-                let started = Instant::now();
-                sqlx::query(&statement)
-                    .bind(&prefix)
-                    .bind(rows)
-                    .execute(&harness.db)
-                    .await
-                    .with_context(|| format!("bulk insert into {table}"))?;
-                times.push(started.elapsed().as_secs_f64() * 1000.0);
+    let mut times: PerTable<[Vec<f64>; 2]> = Default::default();
+    for repeat in 0..cli.sizes.bulk_repeats.max(1) {
+        for step in 0..TABLES.len() {
+            let t = (repeat + step) % TABLES.len();
+            for (o, took) in times[t].iter_mut().enumerate() {
+                took.push(bulk_ms(harness, TABLES[t].1, o == 0, rows).await?);
             }
-            times.sort_by(f64::total_cmp);
-            medians[t][o] = times[times.len() / 2];
+        }
+    }
+    let mut medians: PerTable<[f64; 2]> = Default::default();
+    for (t, (label, _)) in TABLES.iter().enumerate() {
+        for (o, order) in ["sorted", "unsorted"].iter().enumerate() {
+            let took = &mut times[t][o];
+            took.sort_by(f64::total_cmp);
+            medians[t][o] = took[took.len() / 2];
             report.metric(&format!("bulk.{label}.{order}_ms"), round(medians[t][o], 1));
         }
     }
@@ -245,6 +237,28 @@ async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
         sorted <= 4.0,
     );
     Ok(())
+}
+
+/// One `rows`-row INSERT ... SELECT into `table` for fresh recipients, in
+/// ms. Sorted: one recipient after another. Unsorted: generation order,
+/// which cycles through all recipients row by row.
+async fn bulk_ms(harness: &Harness, table: &str, sorted: bool, rows: i64) -> Result<f64> {
+    let order_by = if sorted { "recipient, seq" } else { "seq" };
+    let statement = format!(
+        "INSERT INTO {table} (recipient, seq, kind, payload)
+         SELECT $1 || '-' || (i % {RECIPIENTS}) AS recipient, i AS seq, 'bench',
+                jsonb_build_object('n', i)
+           FROM generate_series(1, $2::int8) AS g(i) ORDER BY {order_by}"
+    );
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    sqlx::query(&statement)
+        .bind(&prefix)
+        .bind(rows)
+        .execute(&harness.db)
+        .await
+        .with_context(|| format!("bulk insert into {table}"))?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// A tiny deterministic generator: recipients only need to be spread out.
