@@ -7,9 +7,10 @@
 //! has fetched. The buffer holds one entry per fetch (a burst of events in
 //! `seq` order), not one per event, so it can be tiny and an idle recipient
 //! costs little. Hints only mark recipients as pending; one fetcher task turns
-//! all pending recipients into a single query and sends what it read. In a
-//! busy spell it starts a query at most every `SPACING`, so that many
-//! hints share one.
+//! all pending recipients into a single query and sends what it read. One
+//! query runs at a time: hints that arrive meanwhile pile up and the next
+//! query takes them all, so under load many hints share one query, and in a
+//! quiet spell a hint is fetched at once.
 //!
 //! The hub must never wait for a client: sending into a full buffer
 //! overwrites the oldest event, and a stream that misses events that way
@@ -39,14 +40,6 @@ const BUFFER: usize = 4;
 const FETCH_LIMIT: i64 = 64;
 /// Most recipients per fetch query, to keep each query short.
 const BATCH: usize = 1000;
-/// In a busy spell, fetches start at most this often, each taking every
-/// recipient hinted meanwhile; the first fetch after a quiet spell starts at
-/// once. At 2,000 events/s to 1,000 recipients, 1 ms cut fetch queries from
-/// 0.83 to 0.24 per event and PostgreSQL's CPU by about a tenth of a core,
-/// for about 1 ms more in the median (BENCHMARKS.md, session 4). tokio's
-/// timer rounds up to whole milliseconds, so the gap is 1-2 ms in practice.
-const SPACING: Duration = Duration::from_millis(1);
-
 /// Cheap to clone: every clone is the same hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -232,21 +225,20 @@ impl Hub {
         lock(&self.shared.channels).clear();
     }
 
-    /// Fetches until nothing is pending, starting fetches at most every
-    /// [`SPACING`]. False once `shutdown` has come.
+    /// Fetches until nothing is pending, one query at a time, each taking
+    /// every hint that arrived while the one before ran. (Sessions 4-5
+    /// also spaced queries at least 1 ms apart: 0.24 instead of 0.46
+    /// queries per event at 2,000 events/s, for 0.7 ms more in tidings'
+    /// median latency; BENCHMARKS.md, session 6.) False once `shutdown`
+    /// has come.
     async fn drain(&self, shutdown: &CancellationToken) -> bool {
-        let mut previous: Option<Instant> = None;
         loop {
-            if let Some(started) = previous {
-                tokio::time::sleep_until((started + SPACING).into()).await;
-            }
             if shutdown.is_cancelled() {
                 return false;
             }
             let Some(batch) = self.take_batch() else {
                 return true;
             };
-            previous = Some(Instant::now());
             if !self.fetch_or_requeue(batch, shutdown).await {
                 return false;
             }
