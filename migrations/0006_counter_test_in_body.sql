@@ -8,7 +8,7 @@
 -- in BENCHMARKS.md, session 5), one transaction costs:
 --
 --   with the WHEN clause (0005)                  500,900 instructions
---   with the test in the function body (this)    482,500 (-3.7 %)
+--   with the test in the function body (this)    481,900 (-3.8 %)
 --   with no statement trigger at all             468,100 (not possible: C1)
 --
 -- What changes: the trigger now fires once per INSERT statement, and

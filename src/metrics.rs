@@ -53,7 +53,8 @@ pub struct Metrics {
     pub listener_up: Gauge,
     /// LISTEN sessions rebuilt after one was lost.
     pub listener_reconnects: Counter,
-    /// Seconds from a hint's arrival to its events being handed to streams.
+    /// Seconds from the oldest hint a fetch answers (hints for recipients with
+    /// no stream here are not counted) to its events being handed to streams.
     pub hint_lag: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
     pool_connections: Gauge,

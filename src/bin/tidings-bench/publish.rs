@@ -45,16 +45,17 @@ impl Target {
             Self::Tidings => "INSERT INTO tidings.notifications (recipient, kind, payload) \
                  VALUES ($1, 'bench', jsonb_build_object('t', $2::int8)) RETURNING seq"
                 .to_owned(),
-            Self::BareNotify | Self::Plain => format!(
-                "INSERT INTO {} (recipient, kind, payload, seq) \
-                 VALUES ($1, 'bench', jsonb_build_object('t', $2::int8), $3) RETURNING seq",
-                if self == Self::Plain {
-                    PLAIN
-                } else {
-                    BARE_NOTIFY
-                }
-            ),
+            Self::BareNotify => Self::insert_with_seq(BARE_NOTIFY),
+            Self::Plain => Self::insert_with_seq(PLAIN),
         }
+    }
+
+    /// Into a baseline table, which has no trigger to number the row.
+    fn insert_with_seq(table: &str) -> String {
+        format!(
+            "INSERT INTO {table} (recipient, kind, payload, seq) \
+             VALUES ($1, 'bench', jsonb_build_object('t', $2::int8), $3) RETURNING seq"
+        )
     }
 }
 

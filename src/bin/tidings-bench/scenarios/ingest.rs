@@ -199,8 +199,9 @@ async fn commits_per_s(
 
 /// One INSERT ... SELECT per table and order, repeated; medians in ms. Each
 /// repeat measures every table in a rotating order, as the single-row
-/// rounds do: the first table after the rounds would otherwise always share
-/// the machine with the autovacuum those rounds set off.
+/// rounds do: whatever the rounds leave running (autovacuum, checkpoint
+/// writes) then slows one repeat of a table, which the median drops,
+/// rather than every repeat of the table measured first.
 async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
     let rows = cli.sizes.bulk_rows;
     let mut times: PerTable<[Vec<f64>; 2]> = Default::default();
