@@ -48,9 +48,10 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     report.condition("recipients", RECIPIENTS);
     let baseline = Baseline::create(&harness.db).await?;
 
-    let seq = Arc::new(AtomicI64::new(1));
     let prefix = Arc::new(uuid::Uuid::new_v4().simple().to_string());
     warm_up(harness, &prefix).await?;
+    // The baselines take the writers' seq: past the warm-up's 1..=RECIPIENTS.
+    let seq = Arc::new(AtomicI64::new(RECIPIENTS as i64 + 1));
     let duration = Duration::from_secs_f64(sizes.ingest_seconds);
     for &writers in &sizes.ingest_writers {
         let rounds = sizes.ingest_rounds;
@@ -103,15 +104,7 @@ fn single_rows(
 /// the rounds measure appends to existing recipients.
 async fn warm_up(harness: &Harness, prefix: &str) -> Result<()> {
     for (_, table) in TABLES {
-        sqlx::query(&format!(
-            "INSERT INTO {table} (recipient, seq, kind, payload)
-             SELECT $1 || '-' || i, 0, 'bench', '{{}}' FROM generate_series(0, {}) AS g(i)",
-            RECIPIENTS - 1
-        ))
-        .bind(prefix)
-        .execute(&harness.db)
-        .await
-        .with_context(|| format!("warming up {table}"))?;
+        insert_series(harness, table, prefix, RECIPIENTS as i64, true).await?;
     }
     Ok(())
 }
@@ -133,8 +126,7 @@ async fn medians(
     let mut samples: PerTable<Vec<f64>> = Default::default();
     let mut waited: PerTable<Tally> = Default::default();
     for round in 0..rounds.max(1) {
-        for step in 0..TABLES.len() {
-            let i = (round + step) % TABLES.len();
+        for i in rotation(round) {
             let table = TABLES[i].1;
             let writing = commits_per_s(harness, table, writers, duration, prefix, seq);
             let (rate, tally) = waits::during(&harness.db, writing).await?;
@@ -142,11 +134,18 @@ async fn medians(
             waited[i].add(tally);
         }
     }
-    let rates = samples.map(|mut rates| {
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    });
-    Ok((rates, waited))
+    Ok((samples.map(median), waited))
+}
+
+/// The tables' indexes in round `round`'s order: each round starts one
+/// table further on.
+fn rotation(round: usize) -> impl Iterator<Item = usize> {
+    (0..TABLES.len()).map(move |step| (round + step) % TABLES.len())
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }
 
 /// `writers` connections inserting one row per transaction for `duration`,
@@ -206,19 +205,15 @@ async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
     let rows = cli.sizes.bulk_rows;
     let mut times: PerTable<[Vec<f64>; 2]> = Default::default();
     for repeat in 0..cli.sizes.bulk_repeats.max(1) {
-        for step in 0..TABLES.len() {
-            let t = (repeat + step) % TABLES.len();
+        for t in rotation(repeat) {
             for (o, took) in times[t].iter_mut().enumerate() {
                 took.push(bulk_ms(harness, TABLES[t].1, o == 0, rows).await?);
             }
         }
     }
-    let mut medians: PerTable<[f64; 2]> = Default::default();
+    let medians = times.map(|orders| orders.map(median));
     for (t, (label, _)) in TABLES.iter().enumerate() {
         for (o, order) in ["sorted", "unsorted"].iter().enumerate() {
-            let took = &mut times[t][o];
-            took.sort_by(f64::total_cmp);
-            medians[t][o] = took[took.len() / 2];
             report.metric(&format!("bulk.{label}.{order}_ms"), round(medians[t][o], 1));
         }
     }
@@ -241,9 +236,25 @@ async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
 }
 
 /// One `rows`-row INSERT ... SELECT into `table` for fresh recipients, in
-/// ms. Sorted: one recipient after another. Unsorted: generation order,
-/// which cycles through all recipients row by row.
+/// ms.
 async fn bulk_ms(harness: &Harness, table: &str, sorted: bool, rows: i64) -> Result<f64> {
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    insert_series(harness, table, &prefix, rows, sorted).await?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Rows 1..=`rows` in one INSERT ... SELECT: row i to recipient
+/// `<prefix>-<i mod RECIPIENTS>`, with seq i. Sorted: one recipient after
+/// another. Unsorted: generation order, which cycles through all
+/// recipients row by row.
+async fn insert_series(
+    harness: &Harness,
+    table: &str,
+    prefix: &str,
+    rows: i64,
+    sorted: bool,
+) -> Result<()> {
     let order_by = if sorted { "recipient, seq" } else { "seq" };
     let statement = format!(
         "INSERT INTO {table} (recipient, seq, kind, payload)
@@ -251,15 +262,13 @@ async fn bulk_ms(harness: &Harness, table: &str, sorted: bool, rows: i64) -> Res
                 jsonb_build_object('n', i)
            FROM generate_series(1, $2::int8) AS g(i) ORDER BY {order_by}"
     );
-    let prefix = uuid::Uuid::new_v4().simple().to_string();
-    let started = Instant::now();
     sqlx::query(&statement)
-        .bind(&prefix)
+        .bind(prefix)
         .bind(rows)
         .execute(&harness.db)
         .await
-        .with_context(|| format!("bulk insert into {table}"))?;
-    Ok(started.elapsed().as_secs_f64() * 1000.0)
+        .with_context(|| format!("inserting {rows} rows into {table}"))?;
+    Ok(())
 }
 
 /// A tiny deterministic generator: recipients only need to be spread out.
