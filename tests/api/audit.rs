@@ -97,6 +97,63 @@ async fn a_clean_history_verifies_through_the_api_and_the_cli() {
 }
 
 #[tokio::test]
+async fn chains_of_awkward_text_verify_byte_for_byte() {
+    // Arrange: the triggers build each event's canonical text one way and
+    // the verifier another (migration 0007); any byte they disagree on
+    // breaks the chain. So: quotes, backslashes, control characters,
+    // non-ASCII, nesting, numbers jsonb normalizes, keys, single rows and
+    // runs, and a read in between.
+    let app = spawn_app().await;
+    let awkward = [
+        "tab\there \"quoted\" back\\slash",
+        "\u{1}\u{1f}\u{7f} control",
+        "é ü 中文 🦀 \u{2028}",
+        "",
+    ];
+    for (n, text) in awkward.iter().enumerate() {
+        let (recipient, kind) = (format!("r\"{text}"), format!("k{text}"));
+        let mut payload = serde_json::Map::new();
+        payload.insert(
+            text.to_string(),
+            json!([text, n, 1.50, 1e300, null, true, {"": {}}]),
+        );
+        payload.insert("z".into(), json!(-0.0));
+        let payload = Value::Object(payload);
+        sqlx::query(
+            "INSERT INTO tidings.notifications (recipient, kind, payload, idempotency_key)
+             SELECT $1, $2, $3, CASE WHEN i = 2 THEN gen_random_uuid() END
+               FROM generate_series(1, 3) AS i",
+        )
+        .bind(&recipient)
+        .bind(&kind)
+        .bind(&payload)
+        .execute(&app.db)
+        .await
+        .expect("a run of awkward rows");
+        app.insert(&recipient, &kind, payload).await;
+        sqlx::query(
+            "INSERT INTO tidings.reads (recipient, notification_ids)
+             SELECT recipient, array_agg(id) FROM tidings.notifications
+              WHERE recipient = $1 AND seq <= 2 GROUP BY recipient",
+        )
+        .bind(&recipient)
+        .execute(&app.db)
+        .await
+        .expect("a read");
+        app.insert(&recipient, &kind, json!(text)).await;
+    }
+
+    // Act
+    let verdict = verify_api(&app, None).await;
+
+    // Assert
+    assert_eq!(
+        verdict,
+        json!({"ok": true, "recipients": 4, "events": 4 * 6, "broken": null})
+    );
+}
+
+#[tokio::test]
 async fn an_edited_payload_is_caught_at_its_seq() {
     let app = spawn_app().await;
     history(&app).await;

@@ -247,8 +247,8 @@ async fn disagreements(tx: &mut sqlx::PgConnection, recipients: &[&str]) -> i64 
 async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed_transaction() {
     // Arrange: statements that hit and miss the per-transaction cache in
     // every way - interleaved recipients, runs of one recipient, a read in
-    // between, a savepoint rolled back, and a run continued by the next
-    // statement.
+    // between, a savepoint rolled back, a run continued by the next
+    // statement, and a run with idempotency keys, one of them repeated.
     let app = spawn_app().await;
     let who = ["alice", "bob"];
     let statements = [
@@ -257,6 +257,10 @@ async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed
         "INSERT INTO tidings.notifications (recipient, kind)
          SELECT 'alice', 'run' FROM generate_series(1, 3)",
         "INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'continued')",
+        "INSERT INTO tidings.notifications (recipient, kind, idempotency_key)
+         SELECT 'bob', 'keyed', k FROM unnest(ARRAY[
+             '00000000-0000-0000-0000-000000000001', '00000000-0000-0000-0000-000000000002',
+             '00000000-0000-0000-0000-000000000001']::uuid[]) AS k",
         "SAVEPOINT s",
         "INSERT INTO tidings.notifications (recipient, kind)
          SELECT r, 'undone' FROM unnest('{alice,alice,bob}'::text[]) AS r",
@@ -289,8 +293,8 @@ async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed
     .expect("counters");
     assert_eq!(
         counts,
-        [("alice".into(), 9 + 1, 2), ("bob".into(), 2 + 2, 0)],
-        "alice: 3 + 3 + 1 + 2 notifications and a read; bob: 2 + 2"
+        [("alice".into(), 9 + 1, 2), ("bob".into(), 2 + 2 + 2, 0)],
+        "alice: 3 + 3 + 1 + 2 notifications and a read; bob: 2 + 2 keyed (one repeated key skipped) + 2"
     );
     let verdict = tidings::audit::verify(&app.db, None).await.expect("verify");
     assert!(verdict.ok, "the hash chain verifies: {:?}", verdict.broken);
