@@ -299,3 +299,44 @@ async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed
     let verdict = tidings::audit::verify(&app.db, None).await.expect("verify");
     assert!(verdict.ok, "the hash chain verifies: {:?}", verdict.broken);
 }
+
+#[tokio::test]
+async fn a_cache_set_by_hand_in_the_session_cannot_skip_a_seq_or_a_hint() {
+    // Arrange: alice has a counter row; a session claims, at session level,
+    // to have appended to her last, at a seq far ahead.
+    let app = spawn_app().await;
+    app.insert("alice", "first", json!({})).await;
+    let mut hints = sqlx::postgres::PgListener::connect_with(&app.db)
+        .await
+        .expect("listener");
+    hints.listen("tidings").await.expect("listen");
+    let mut session = app.db.acquire().await.expect("connection");
+    sqlx::raw_sql("SET tidings.cached_recipient = 'alice'; SET tidings.cached_seq = '41'")
+        .execute(&mut *session)
+        .await
+        .expect("set the cache by hand");
+
+    // Act: two single-row transactions in that session.
+    let mut seqs = Vec::new();
+    for _ in 0..2 {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'k') RETURNING seq",
+        )
+        .fetch_one(&mut *session)
+        .await
+        .expect("insert");
+        seqs.push(seq);
+    }
+
+    // Assert: the seqs continue the log, the counter and chain agree, and
+    // each commit hinted.
+    assert_eq!(seqs, [2, 3]);
+    assert_eq!(disagreements(&mut session, &["alice"]).await, 0);
+    for _ in 0..2 {
+        let hint = tokio::time::timeout(std::time::Duration::from_secs(5), hints.recv())
+            .await
+            .expect("a hint within 5 s")
+            .expect("hint");
+        assert_eq!(hint.payload(), r#"["alice"]"#);
+    }
+}
