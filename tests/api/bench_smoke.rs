@@ -163,6 +163,8 @@ fn bench_smoke_ingest() {
             "1,2",
             "--ingest-seconds",
             "0.3",
+            "--ingest-rounds",
+            "2",
             "--bulk-rows",
             "200",
             "--bulk-repeats",

@@ -55,7 +55,7 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let duration = Duration::from_secs_f64(sizes.ingest_seconds);
     for &writers in &sizes.ingest_writers {
         let rounds = sizes.ingest_rounds;
-        let (rates, waited) = medians(harness, writers, rounds, duration, &prefix, &seq).await?;
+        let (rates, waited) = rounds_of(harness, writers, rounds, duration, &prefix, &seq).await?;
         single_rows(&mut report, writers, &rates, &waited);
     }
     bulk(harness, cli, &mut report).await?;
@@ -63,21 +63,34 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     Ok(report)
 }
 
-/// The figures of one writer count: commits/s and waits per table, and the
-/// commit time ratios (the inverse of the commits/s ratios).
+/// The figures of one writer count: median commits/s and waits per table,
+/// and the commit time ratios. A ratio is the median of each round's own
+/// ratio (the inverse of its commits/s ratio): the tables of one round ran
+/// seconds apart, so the slow drift of this machine's disk and load cancels
+/// out of it, which it does not between medians taken over different
+/// rounds.
 fn single_rows(
     report: &mut Report,
     writers: usize,
-    rates: &PerTable<f64>,
+    rounds: &PerTable<Vec<f64>>,
     waited: &PerTable<Tally>,
 ) {
+    let rates = rounds.clone().map(median);
     for (i, (label, _)) in TABLES.iter().enumerate() {
         let name = format!("single_row.w{writers}.{label}");
         report.metric(&format!("{name}.commits_per_s"), round(rates[i], 0));
         report.metric(&format!("{name}.writer_waits"), waited[i].summary());
     }
     crate::progress(format!("{writers} writers: {rates:.0?} commits/s"));
-    let slower = |table: usize, than: usize| rates[than] / rates[table];
+    let slower = |table: usize, than: usize| {
+        median(
+            rounds[than]
+                .iter()
+                .zip(&rounds[table])
+                .map(|(a, b)| a / b)
+                .collect(),
+        )
+    };
     let name = format!("single_row.w{writers}");
     let vs_notify = slower(TIDINGS, BARE_NOTIFY);
     let seq_vs_notify = slower(SEQ_NOTIFY, BARE_NOTIFY);
@@ -111,18 +124,19 @@ async fn warm_up(harness: &Harness, prefix: &str) -> Result<()> {
 
 type PerTable<T> = [T; TABLES.len()];
 
-/// Median commits/s per table over `rounds`, and what the writers waited
+/// Commits/s per table in each of `rounds`, and what the writers waited
 /// for over all of them; each round measures every table once, in a
-/// rotating order, so drift in the machine's load (other work on it,
-/// checkpoints) spreads over all tables instead of hitting one.
-async fn medians(
+/// rotating order, so that no table always runs first or last (after a
+/// checkpoint, say) - with rounds a multiple of the tables, each takes
+/// every place equally often.
+async fn rounds_of(
     harness: &Harness,
     writers: usize,
     rounds: usize,
     duration: Duration,
     prefix: &Arc<String>,
     seq: &Arc<AtomicI64>,
-) -> Result<(PerTable<f64>, PerTable<Tally>)> {
+) -> Result<(PerTable<Vec<f64>>, PerTable<Tally>)> {
     let mut samples: PerTable<Vec<f64>> = Default::default();
     let mut waited: PerTable<Tally> = Default::default();
     for round in 0..rounds.max(1) {
@@ -134,7 +148,7 @@ async fn medians(
             waited[i].add(tally);
         }
     }
-    Ok((samples.map(median), waited))
+    Ok((samples, waited))
 }
 
 /// The tables' indexes in round `round`'s order: each round starts one
