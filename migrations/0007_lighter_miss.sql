@@ -47,16 +47,18 @@ $$;
 
 -- 2. The cache (0003) is filled lazily. A miss - the common case, and the
 --    whole of a single-row INSERT - sets only `tidings.cached_recipient`
---    (plus the hint), not the cached seq, hash and `unwritten` count: three
---    settings fewer, each saved for the rollback at transaction end. Those
---    three now mean something only while `unwritten` is positive. So a hit
---    with nothing unwritten - the second row of a recipient's run - first
---    reads the seq and hash from the counter row, which is exact then (the
---    miss's UPDATE, or write_cache, wrote it, and this transaction holds
---    its lock; the read locks it again and hints again all the same, so
---    that a cached recipient set by hand cannot skip a seq or a hint). `unwritten` goes positive only on a hit, and back to '0'
---    whenever write_cache writes the row (C1 unchanged); a miss for another
---    recipient while the cache is ahead writes it first, as before.
+--    (and sends the hint), not the cached seq, hash and `unwritten` count:
+--    three settings fewer, each saved for the rollback at transaction end.
+--    The cached seq and hash now mean something only while `unwritten` is
+--    positive. So a hit with nothing unwritten - the second row of a
+--    recipient's run - first reads the seq and hash from the counter row,
+--    which is exact then: the miss's UPDATE, or write_cache, wrote it, and
+--    this transaction holds its lock. (That read locks the row and hints
+--    again all the same, so that a cached recipient set by hand cannot
+--    skip a seq or a hint.) `unwritten` goes positive only on a hit, and
+--    back to '0' whenever write_cache writes the row (C1 unchanged); a
+--    miss for another recipient while the cache is ahead writes it first,
+--    as before.
 --
 --    `created_at` (I8's time) is `now()` either way; the common path takes
 --    it from the UPDATE that hashes it instead of a separate assignment.
