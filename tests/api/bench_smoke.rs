@@ -88,6 +88,10 @@ fn bench_smoke_latency() {
     assert_clean_books(&metrics);
     assert_eq!(metrics["events.expected"], 200);
     assert!(observations(&metrics["publish.writer_waits"]).is_some());
+    // Every row sent is timed against its schedule, and every event
+    // received against its row's due time.
+    assert_eq!(metrics["publish.send_late_ms.samples"], 100);
+    assert_eq!(metrics["latency_from_schedule_ms.samples"], 200);
     // The comparison without streams wrote the same 100 rows into each table.
     for table in ["plain", "bare_notify", "tidings"] {
         assert!(observations(&metrics[&format!("no_streams.{table}.writer_waits")]).is_some());

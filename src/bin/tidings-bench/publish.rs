@@ -82,6 +82,14 @@ pub struct Published {
     /// When each row's commit was acknowledged: (recipient index, seq,
     /// epoch micros), to tell the database's share of latency from tidings'.
     pub acks: Vec<(usize, i64, i64)>,
+    /// How late each row went out against its schedule, in microseconds
+    /// (with a rate). Latency counts from the actual send, so a writer
+    /// held up by its previous INSERT would hide that wait from it
+    /// (coordinated omission); this shows whether any was hidden.
+    pub send_late_us: Vec<u32>,
+    /// When each committed row was due, as `acks` (equal to its send time
+    /// without a rate): latency from the schedule counts from here.
+    pub dues: Vec<(usize, i64, i64)>,
 }
 
 impl Published {
@@ -125,6 +133,8 @@ pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Publishe
         total.first_error = total.first_error.or(part.first_error);
         total.commit_us.extend_from_slice(&part.commit_us);
         total.acks.extend_from_slice(&part.acks);
+        total.send_late_us.extend_from_slice(&part.send_late_us);
+        total.dues.extend_from_slice(&part.dues);
     }
     total.elapsed = start.elapsed();
     Ok(total)
@@ -149,15 +159,18 @@ impl Writer {
         let statement = self.target.insert();
         let mut k = self.first;
         while k < self.rows {
-            if self.rate > 0.0 {
-                let due = start + Duration::from_secs_f64(k as f64 / self.rate);
+            let due =
+                (self.rate > 0.0).then(|| start + Duration::from_secs_f64(k as f64 / self.rate));
+            if let Some(due) = due {
                 tokio::time::sleep_until(due.into()).await;
             }
             let recipient = (k % self.recipients.len() as u64) as usize;
-            let sent = Instant::now();
+            let (sent, sent_epoch) = (Instant::now(), epoch_micros());
+            let late = due.map(|due| micros(sent.saturating_duration_since(due)));
+            done.send_late_us.extend(late);
             let mut insert = sqlx::query_scalar(&statement)
                 .bind(&self.recipients[recipient])
-                .bind(epoch_micros());
+                .bind(sent_epoch);
             if self.target != Target::Tidings {
                 insert = insert.bind(k as i64 + 1);
             }
@@ -165,8 +178,9 @@ impl Writer {
             match inserted {
                 Ok(seq) => {
                     done.acks.push((recipient, seq, epoch_micros()));
-                    let micros = sent.elapsed().as_micros().min(u128::from(u32::MAX));
-                    done.commit_us.push(micros as u32);
+                    let due_epoch = sent_epoch - i64::from(late.unwrap_or(0));
+                    done.dues.push((recipient, seq, due_epoch));
+                    done.commit_us.push(micros(sent.elapsed()));
                     done.committed += 1;
                     done.per_recipient[recipient] += 1;
                 }
@@ -180,4 +194,9 @@ impl Writer {
         let _ = conn.close().await;
         done
     }
+}
+
+/// A duration in whole microseconds, capped to fit.
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }

@@ -199,9 +199,16 @@ async fn steady_load(
     if let Some(commit) = Latency::from_micros(published.commit_us) {
         commit.add_to(report, "publish.insert_commit_ms");
     }
-    let after_commit = after_commit(&outcomes, &published.acks, shape.recipients);
+    if let Some(late) = Latency::from_micros(published.send_late_us) {
+        late.add_to(report, "publish.send_late_ms");
+    }
+    let after_commit = receipts_since(&outcomes, &published.acks, shape.recipients);
     if let Some(after_commit) = Latency::from_micros(after_commit) {
         after_commit.add_to(report, "latency_after_commit_ack_ms");
+    }
+    let from_schedule = receipts_since(&outcomes, &published.dues, shape.recipients);
+    if let Some(from_schedule) = Latency::from_micros(from_schedule) {
+        from_schedule.add_to(report, "latency_from_schedule_ms");
     }
     memory(report, "before_streams", rss_base, rss_base, shape.streams);
     memory(report, "idle", rss_idle, rss_base, shape.streams);
@@ -302,24 +309,26 @@ async fn settle(harness: &Harness) -> Result<()> {
     Ok(())
 }
 
-/// Receipt minus the writer's commit acknowledgement, per delivered event:
-/// tidings' own share of the latency (0 when the event beat the ack).
-fn after_commit(
+/// Receipt minus a writer's mark for the same (recipient, seq), per
+/// delivered event (0 when the event came first). Against the commit's
+/// acknowledgement it is tidings' own share of the latency; against the
+/// row's due time, the latency an app sending on schedule would see.
+fn receipts_since(
     outcomes: &[StreamOutcome],
-    acks: &[(usize, i64, i64)],
+    marks: &[(usize, i64, i64)],
     recipients: usize,
 ) -> Vec<u32> {
-    let mut acked: Vec<HashMap<i64, i64>> = vec![HashMap::new(); recipients];
-    for &(recipient, seq, at) in acks {
-        acked[recipient].insert(seq, at);
+    let mut marked: Vec<HashMap<i64, i64>> = vec![HashMap::new(); recipients];
+    for &(recipient, seq, at) in marks {
+        marked[recipient].insert(seq, at);
     }
     outcomes
         .iter()
         .flat_map(|o| {
-            let acked = &acked[o.spec.recipient];
+            let marked = &marked[o.spec.recipient];
             o.receipts.iter().filter_map(move |(seq, received)| {
-                let ack = acked.get(seq)?;
-                Some((received - ack).clamp(0, i64::from(u32::MAX)) as u32)
+                let mark = marked.get(seq)?;
+                Some((received - mark).clamp(0, i64::from(u32::MAX)) as u32)
             })
         })
         .collect()
