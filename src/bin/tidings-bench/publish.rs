@@ -79,17 +79,27 @@ pub struct Published {
     /// Round trip of each committed INSERT (send to commit acknowledged),
     /// in microseconds: the database's share of the delivery latency.
     pub commit_us: Vec<u32>,
-    /// When each row's commit was acknowledged: (recipient index, seq,
-    /// epoch micros), to tell the database's share of latency from tidings'.
-    pub acks: Vec<(usize, i64, i64)>,
+    /// Each committed row, to be matched with its receipts.
+    pub acks: Vec<Ack>,
     /// How late each row went out against its schedule, in microseconds
     /// (with a rate). Latency counts from the actual send, so a writer
     /// held up by its previous INSERT would hide that wait from it
     /// (coordinated omission); this shows whether any was hidden.
     pub send_late_us: Vec<u32>,
-    /// When each committed row was due, as `acks` (equal to its send time
-    /// without a rate): latency from the schedule counts from here.
-    pub dues: Vec<(usize, i64, i64)>,
+}
+
+/// One committed row: its (recipient index, seq) and two instants in epoch
+/// micros to measure its receipt from.
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub recipient: usize,
+    pub seq: i64,
+    /// When it was due (its send time without a rate): latency from the
+    /// schedule counts from here.
+    pub due_us: i64,
+    /// When its commit was acknowledged: to tell the database's share of
+    /// latency from tidings'.
+    pub acked_us: i64,
 }
 
 impl Published {
@@ -134,7 +144,6 @@ pub async fn publish(connect: &PgConnectOptions, plan: &Plan) -> Result<Publishe
         total.commit_us.extend_from_slice(&part.commit_us);
         total.acks.extend_from_slice(&part.acks);
         total.send_late_us.extend_from_slice(&part.send_late_us);
-        total.dues.extend_from_slice(&part.dues);
     }
     total.elapsed = start.elapsed();
     Ok(total)
@@ -177,9 +186,12 @@ impl Writer {
             let inserted: Result<i64, _> = insert.fetch_one(&mut conn).await;
             match inserted {
                 Ok(seq) => {
-                    done.acks.push((recipient, seq, epoch_micros()));
-                    let due_epoch = sent_epoch - i64::from(late.unwrap_or(0));
-                    done.dues.push((recipient, seq, due_epoch));
+                    done.acks.push(Ack {
+                        recipient,
+                        seq,
+                        due_us: sent_epoch - i64::from(late.unwrap_or(0)),
+                        acked_us: epoch_micros(),
+                    });
                     done.commit_us.push(micros(sent.elapsed()));
                     done.committed += 1;
                     done.per_recipient[recipient] += 1;

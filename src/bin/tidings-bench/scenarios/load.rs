@@ -14,7 +14,7 @@ use crate::dbstats::{self, round, StatsSource};
 use crate::fleet::{Fleet, StreamOutcome, StreamSpec};
 use crate::harness::Harness;
 use crate::procfs;
-use crate::publish::{self, Plan, Target};
+use crate::publish::{self, Ack, Plan, Target};
 use crate::report::{sample_errors, Books, Latency, Report};
 use crate::waits;
 
@@ -202,11 +202,12 @@ async fn steady_load(
     if let Some(late) = Latency::from_micros(published.send_late_us) {
         late.add_to(report, "publish.send_late_ms");
     }
-    let after_commit = receipts_since(&outcomes, &published.acks, shape.recipients);
+    let acks = &published.acks;
+    let after_commit = receipts_since(&outcomes, acks, shape.recipients, |ack| ack.acked_us);
     if let Some(after_commit) = Latency::from_micros(after_commit) {
         after_commit.add_to(report, "latency_after_commit_ack_ms");
     }
-    let from_schedule = receipts_since(&outcomes, &published.dues, shape.recipients);
+    let from_schedule = receipts_since(&outcomes, acks, shape.recipients, |ack| ack.due_us);
     if let Some(from_schedule) = Latency::from_micros(from_schedule) {
         from_schedule.add_to(report, "latency_from_schedule_ms");
     }
@@ -309,18 +310,19 @@ async fn settle(harness: &Harness) -> Result<()> {
     Ok(())
 }
 
-/// Receipt minus a writer's mark for the same (recipient, seq), per
-/// delivered event (0 when the event came first). Against the commit's
-/// acknowledgement it is tidings' own share of the latency; against the
-/// row's due time, the latency an app sending on schedule would see.
+/// Receipt minus `mark` of the same row's ack, per delivered event (0 when
+/// the event came first). From the commit's acknowledgement it is tidings'
+/// own share of the latency; from the row's due time, the latency an app
+/// sending on schedule would see.
 fn receipts_since(
     outcomes: &[StreamOutcome],
-    marks: &[(usize, i64, i64)],
+    acks: &[Ack],
     recipients: usize,
+    mark: impl Fn(&Ack) -> i64,
 ) -> Vec<u32> {
     let mut marked: Vec<HashMap<i64, i64>> = vec![HashMap::new(); recipients];
-    for &(recipient, seq, at) in marks {
-        marked[recipient].insert(seq, at);
+    for ack in acks {
+        marked[ack.recipient].insert(ack.seq, mark(ack));
     }
     outcomes
         .iter()
