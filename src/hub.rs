@@ -150,23 +150,36 @@ impl Hub {
     /// read can be missed. Events the stream already has are its to drop.
     pub fn subscribe(&self, recipient: &str, position: i64) -> Subscription {
         let mut channels = lock(&self.shared.channels);
-        let (recipient, channel) = match channels.get_key_value(recipient) {
-            Some((name, channel)) => (name.clone(), channel),
+        let (recipient, receiver) = match channels.get_key_value(recipient) {
+            Some((name, channel)) => (name.clone(), channel.sender.subscribe()),
             None => {
                 let name: Arc<str> = recipient.into();
-                let (sender, _) = broadcast::channel(BUFFER);
+                let (sender, receiver) = broadcast::channel(BUFFER);
                 let channel = Channel {
                     sender,
                     fetched: position,
                 };
-                (name.clone(), &*channels.entry(name).or_insert(channel))
+                channels.insert(name.clone(), channel);
+                drop(channels);
+                self.fetch_once(name.clone());
+                (name, receiver)
             }
         };
         Subscription {
-            receiver: channel.sender.subscribe(),
+            receiver,
             recipient,
             hub: self.shared.clone(),
         }
+    }
+
+    /// A new channel's first fetch, hint or no hint. A row committed after
+    /// the caller read `position` hints at once, and the hint may arrive
+    /// before the channel exists - then the map lookup in [`Hub::hint`]
+    /// drops it, and without this fetch the row would wait for the
+    /// recipient's next hint or the sweep. Usually it finds nothing.
+    fn fetch_once(&self, recipient: Arc<str>) {
+        lock(&self.shared.pending).recipients.insert(recipient);
+        self.shared.wake.notify_one();
     }
 
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.

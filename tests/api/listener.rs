@@ -1,9 +1,12 @@
 //! The LISTEN session can die at any time; no event is lost when it does,
 //! and `/readyz` tells the truth meanwhile.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tidings::hub::{Hub, Live};
+use tidings::metrics::Metrics;
 
 use crate::helpers::{seqs, spawn_app, spawn_app_with, TestApp};
 
@@ -123,4 +126,29 @@ async fn the_sweep_delivers_rows_whose_hint_was_lost() {
         .expect("swept");
 
     assert_eq!(event.json()["kind"], "unhinted");
+}
+
+/// A stream reads its recipient's position, then subscribes to the hub. A
+/// row committed between the two hints before the hub knows the recipient,
+/// and that hint is dropped; the hub's first fetch for a new recipient
+/// picks the row up without it.
+#[tokio::test]
+async fn a_new_subscriber_gets_rows_committed_after_its_position_without_a_hint() {
+    let app = spawn_app().await;
+    let hub = Hub::new(app.db.clone(), Arc::new(Metrics::new()));
+    tokio::spawn(hub.clone().run(app.shutdown.clone()));
+    // Its position read: nothing yet. Then the row commits, unhinted (this
+    // hub has no LISTEN session at all).
+    let position = 0;
+    app.insert("alice", "between", json!({})).await;
+
+    let mut subscription = hub.subscribe("alice", position);
+    let live = tokio::time::timeout(Duration::from_secs(3), subscription.next()).await;
+
+    let Ok(Live::Events(burst)) = live else {
+        panic!("no burst without a hint");
+    };
+    let seqs: Vec<i64> = burst.iter().map(|event| event.seq).collect();
+    assert_eq!(seqs, [1]);
+    assert!(String::from_utf8_lossy(&burst[0].frame()).contains("\"between\""));
 }
