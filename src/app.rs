@@ -1,6 +1,6 @@
 //! The app: shared state, the router assembled from each feature's
 //! `router()`, and [`serve`], which runs the HTTP server with its background
-//! tasks (hub fetcher, LISTEN session, sweep) until shutdown.
+//! tasks (hub fetcher, LISTEN session, lease renewal, sweep) until shutdown.
 //!
 //! Owns lifecycle only. It must never hold feature logic: handlers live with
 //! their feature.
@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::Keys;
 use crate::hub::Hub;
+use crate::lease::Leases;
 use crate::listener::{Health, Listener};
 use crate::metrics::{self, Metrics};
 use crate::openapi::{self, Document};
@@ -35,6 +36,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Live events per recipient.
     pub hub: Hub,
+    /// Hint leases: a stream's recipient gets one before its position read.
+    pub leases: Leases,
     /// Verifies client tokens.
     pub keys: Keys,
     /// Whether hints are flowing, for `/readyz`.
@@ -74,6 +77,8 @@ pub struct Settings {
     pub streams: StreamSettings,
     pub listener_check: Duration,
     pub sweep_interval: Duration,
+    /// How long a hint lease lasts (see `lease`).
+    pub hint_lease: Duration,
     pub catch_up_concurrency: usize,
     /// Browser origins allowed to call the API from another site.
     pub cors_origins: Vec<HeaderValue>,
@@ -109,6 +114,7 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let state = AppState {
         hub: Hub::new(hub_pool, metrics.clone()),
+        leases: Leases::new(pool.clone(), settings.hint_lease),
         metrics,
         keys: Keys::new(&settings.jwt_secret),
         health: Health::default(),
@@ -166,6 +172,7 @@ fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::J
             .application_name("tidings-listener"),
         pool: state.pool.clone(),
         hub: state.hub.clone(),
+        leases: state.leases.clone(),
         health: state.health.clone(),
         metrics: state.metrics.clone(),
         check_every: settings.listener_check,
@@ -173,6 +180,12 @@ fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::J
     vec![
         tokio::spawn(state.hub.clone().run(state.shutdown.clone())),
         tokio::spawn(listener.run(state.shutdown.clone())),
+        tokio::spawn(
+            state
+                .leases
+                .clone()
+                .run(state.hub.clone(), state.shutdown.clone()),
+        ),
         tokio::spawn(sweep(
             state.hub.clone(),
             settings.sweep_interval,

@@ -90,6 +90,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
+    /// How long a hint lease lasts: while a stream is open here, appends
+    /// for its recipient NOTIFY this service, and the lease is renewed
+    /// every third of this; appends for anyone else commit without NOTIFY.
+    /// A lease left by a stopped instance lapses after this long.
+    #[arg(long, env = "TIDINGS_HINT_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub hint_lease: Duration,
+
     /// Most streams reading history (replay or catch-up) from the database at
     /// once; the rest wait their turn, so a reconnect storm cannot take every
     /// pool connection.

@@ -216,6 +216,11 @@ impl Hub {
         }
     }
 
+    /// The recipients with an open stream here.
+    pub fn recipients(&self) -> Vec<Arc<str>> {
+        lock(&self.shared.channels).keys().cloned().collect()
+    }
+
     /// Makes every open stream's recipient be compared with the table: after
     /// the listener (re)connects, hints sent meanwhile are lost.
     pub fn hint_everyone(&self) {
@@ -264,11 +269,7 @@ impl Hub {
     /// One batch fetched and sent, or put back and retried after a pause.
     /// False if `shutdown` came during the pause.
     async fn fetch_or_requeue(&self, batch: Batch, shutdown: &CancellationToken) -> bool {
-        let fetched = self.fetch(&batch.wanted).await;
-        if let Some(since) = batch.since {
-            let lag = since.elapsed().as_secs_f64();
-            self.shared.metrics.hint_lag.observe(lag);
-        }
+        let fetched = self.fetch(&batch).await;
         let Err(error) = fetched else {
             return true;
         };
@@ -315,10 +316,19 @@ impl Hub {
 
     /// One query for the whole batch; each event is sent once into its
     /// recipient's channel, to be shared by all that recipient's streams.
-    async fn fetch(&self, batch: &[(Arc<str>, i64)]) -> Result<(), sqlx::Error> {
+    /// The hint's lag is observed before the sends, so that whoever sees
+    /// an event also sees it counted.
+    async fn fetch(&self, batch: &Batch) -> Result<(), sqlx::Error> {
+        let (batch, since) = (&batch.wanted[..], batch.since);
         let names: Vec<String> = batch.iter().map(|(name, _)| name.to_string()).collect();
         let after: Vec<i64> = batch.iter().map(|(_, fetched)| *fetched).collect();
         let rows = events::after(&self.shared.pool, &names, &after, FETCH_LIMIT).await?;
+        if let Some(since) = since {
+            self.shared
+                .metrics
+                .hint_lag
+                .observe(since.elapsed().as_secs_f64());
+        }
 
         let mut channels = lock(&self.shared.channels);
         for (recipient, burst) in bursts(rows) {

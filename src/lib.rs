@@ -11,6 +11,8 @@
 //!   schema, whose triggers assign each event its per-recipient `seq` and
 //!   send a NOTIFY hint at commit.
 //! - [`listener`]: the single LISTEN session that receives those hints.
+//! - [`lease`]: tells the database which recipients have a stream here, so
+//!   that appends for everyone else need no hint (and no NOTIFY).
 //! - [`hub`]: turns hints into events, fetched once per burst and fanned out
 //!   to every open stream of the recipient.
 //! - [`events`]: a recipient's log (notifications and read marks) as streams
@@ -43,6 +45,7 @@ pub mod health;
 pub mod http;
 pub mod hub;
 pub mod inbox;
+pub mod lease;
 pub mod listener;
 pub mod metrics;
 pub mod openapi;

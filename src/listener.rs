@@ -19,6 +19,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 
 /// The channel the triggers NOTIFY on.
@@ -48,6 +49,8 @@ pub struct Listener {
     /// The request pool, used to send the echo checks.
     pub pool: PgPool,
     pub hub: Hub,
+    /// Forgotten at every (re)connect: the database may have restarted.
+    pub leases: Leases,
     pub health: Health,
     pub metrics: Arc<Metrics>,
     /// How often to check that hints still arrive.
@@ -106,6 +109,7 @@ impl Listener {
         self.health.set_listening(true);
         self.metrics.listener_up.set(1);
         self.hub.hint_everyone();
+        self.leases.forget_all();
         tracing::info!("listening for hints");
 
         let mut check = tokio::time::interval(self.check_every);

@@ -95,6 +95,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         },
         listener_check: args.listener_check,
         sweep_interval: args.sweep_interval,
+        hint_lease: args.hint_lease,
         catch_up_concurrency: args.catch_up_concurrency,
         max_request_head: args.max_request_head as usize,
         cors_origins: cors_origins(&args.cors_origins)?,

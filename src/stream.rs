@@ -361,10 +361,11 @@ impl Cursor {
     }
 }
 
-/// Reads the recipient's position, then registers with the hub - in that
-/// order, so the hub fetches everything committed after the read.
+/// Takes the recipient's hint lease and reads its position, then registers
+/// with the hub - in that order: every append committed after the read
+/// hints, and the hub fetches everything after the position.
 async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscription), sqlx::Error> {
-    let latest = events::position(&state.pool, recipient).await?;
+    let latest = state.leases.position(recipient).await?;
     Ok((latest, state.hub.subscribe(recipient, latest)))
 }
 

@@ -177,7 +177,13 @@ fn bench_smoke_ingest() {
     );
     let mut observed = 0;
     for writers in ["w1", "w2"] {
-        for table in ["tidings", "bare_notify", "seq_notify", "plain"] {
+        for table in [
+            "tidings",
+            "tidings_streamed",
+            "bare_notify",
+            "seq_notify",
+            "plain",
+        ] {
             let name = format!("single_row.{writers}.{table}.commits_per_s");
             assert!(metrics[&name].as_f64().unwrap_or(0.0) > 0.0, "{name}");
             let waits = &metrics[&format!("single_row.{writers}.{table}.writer_waits")];

@@ -123,6 +123,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         },
         listener_check: Duration::from_secs(1),
         sweep_interval: Duration::from_secs(30),
+        hint_lease: Duration::from_secs(300),
         catch_up_concurrency: 4,
         cors_origins: vec![],
         max_request_head: 8192,

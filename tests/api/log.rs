@@ -306,6 +306,11 @@ async fn a_cache_set_by_hand_in_the_session_cannot_skip_a_seq_or_a_hint() {
     // to have appended to her last, at a seq far ahead.
     let app = spawn_app().await;
     app.insert("alice", "first", json!({})).await;
+    // Appends hint only recipients someone streams (I7): lease alice.
+    sqlx::query("UPDATE tidings.recipients SET hints_until = 'infinity' WHERE recipient = 'alice'")
+        .execute(&app.db)
+        .await
+        .expect("lease");
     let mut hints = sqlx::postgres::PgListener::connect_with(&app.db)
         .await
         .expect("listener");

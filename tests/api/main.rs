@@ -14,6 +14,7 @@ mod cli;
 mod delivery;
 mod examples;
 mod faults;
+mod hints;
 mod inbox;
 mod isolation;
 mod listener;

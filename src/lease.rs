@@ -1,0 +1,217 @@
+//! Hint leases: the database's record of which recipients some tidings
+//! instance streams, so that appends for everyone else commit without a
+//! NOTIFY (migration 0008, I7). A notifying commit queues for PostgreSQL's
+//! one notify lock across its WAL flush; a commit without one can share a
+//! flush with others. Most notifications go to people with no stream open.
+//!
+//! A lease is the counter row's `hints_until`: appends to the recipient
+//! hint while it lies ahead of their transaction's `now()`. A stream gets
+//! its recipient's lease before it reads its position ([`Leases::position`]
+//! does both in one statement), and the renewal task ([`Leases::run`])
+//! keeps it ahead while the hub has a channel for the recipient.
+//!
+//! This module must never let a stream read its position before the lease
+//! has committed: every append locks the counter row, so an append either
+//! committed before the lease (and the position covers it) or reads the
+//! lease and hints. A lease that lapses anyway (the database restarted, a
+//! renewal failed) costs latency, never an event: the sweep still compares
+//! every open stream with the table, and a renewal that finds a lapse has
+//! the hub fetch for everyone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::events;
+use crate::hub::Hub;
+
+/// Most recipients renewed per statement, to keep each one short.
+const BATCH: usize = 1000;
+
+/// Cheap to clone: every clone shares the same leases.
+#[derive(Clone)]
+pub struct Leases {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The request pool: a stream's lease is taken on its way in.
+    pool: PgPool,
+    /// How long a lease lasts; each is renewed after a third of it.
+    length: Duration,
+    /// Until when each lease taken here holds, by this process's clock,
+    /// counted from before the statement that took it was sent (the
+    /// database's `now()` is later, so its lease lasts at least as long).
+    held: Mutex<HashMap<Arc<str>, Instant>>,
+    /// Wakes the renewal task at once: the listener reconnected, so the
+    /// database may have restarted and lost leases.
+    renew_now: Notify,
+}
+
+impl Leases {
+    /// `length` is at least a second: renewing more often than every third
+    /// of one would be busy work (and a zero interval cannot tick).
+    pub fn new(pool: PgPool, length: Duration) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                pool,
+                length: length.max(Duration::from_secs(1)),
+                held: Mutex::new(HashMap::new()),
+                renew_now: Notify::new(),
+            }),
+        }
+    }
+
+    /// `recipient`'s position, read once appends to it hint this instance:
+    /// where a new stream of it starts following the hub.
+    pub async fn position(&self, recipient: &str) -> Result<i64, sqlx::Error> {
+        if self.holds(recipient) {
+            return events::position(&self.shared.pool, recipient).await;
+        }
+        let asked = Instant::now();
+        let position = self.take(recipient).await?;
+        self.note(recipient.into(), asked);
+        Ok(position)
+    }
+
+    /// Forgets every lease: after the LISTEN session reconnects, the
+    /// database may be a restarted (or restored) one. The renewal task
+    /// takes them all again at once, then has the hub fetch for everyone.
+    pub fn forget_all(&self) {
+        lock(&self.shared.held).clear();
+        self.shared.renew_now.notify_one();
+    }
+
+    /// Renews the leases of every recipient the hub has a channel for,
+    /// every third of a lease, until `shutdown`.
+    pub async fn run(self, hub: Hub, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.shared.length / 3);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = self.shared.renew_now.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            if self.renew(hub.recipients()).await {
+                hub.hint_everyone();
+            }
+        }
+    }
+
+    /// Renews `recipients`' leases and forgets the rest. True if one of
+    /// them had lapsed here: appends may have gone unhinted meanwhile.
+    async fn renew(&self, recipients: Vec<Arc<str>>) -> bool {
+        let asked = Instant::now();
+        let lapsed = self.keep_only(&recipients, asked);
+        for batch in recipients.chunks(BATCH) {
+            let renewed = self.renew_batch(batch).await;
+            for recipient in batch {
+                if renewed.contains(recipient) {
+                    self.note(recipient.clone(), asked);
+                } else if !self.holds(recipient) {
+                    self.retake(recipient.clone()).await;
+                }
+            }
+        }
+        lapsed
+    }
+
+    /// Drops leases of recipients no longer streamed here; true if one of
+    /// `recipients` has no lease here any more (or never had one).
+    fn keep_only(&self, recipients: &[Arc<str>], now: Instant) -> bool {
+        let mut held = lock(&self.shared.held);
+        let wanted: HashSet<&Arc<str>> = recipients.iter().collect();
+        held.retain(|recipient, _| wanted.contains(recipient));
+        recipients
+            .iter()
+            .any(|recipient| held.get(recipient).is_none_or(|until| *until <= now))
+    }
+
+    /// The recipients of `batch` whose lease the database extended. Rows an
+    /// append has locked are skipped (and retaken one by one, waiting, if
+    /// their lease runs low): a statement that waited on many rows could
+    /// deadlock with a transaction appending to several recipients.
+    async fn renew_batch(&self, batch: &[Arc<str>]) -> Vec<Arc<str>> {
+        let names: Vec<String> = batch.iter().map(|name| name.to_string()).collect();
+        let renewed = sqlx::query_scalar!(
+            r#"UPDATE tidings.recipients r
+                  SET hints_until = greatest(r.hints_until, now() + make_interval(secs => $2))
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS soft_commit
+                WHERE r.recipient IN (SELECT recipient FROM tidings.recipients
+                                       WHERE recipient = ANY($1) FOR UPDATE SKIP LOCKED)
+               RETURNING r.recipient"#,
+            &names,
+            self.shared.length.as_secs_f64(),
+        )
+        .fetch_all(&self.shared.pool)
+        .await;
+        match renewed {
+            Ok(renewed) => {
+                let renewed: HashSet<String> = renewed.into_iter().collect();
+                batch
+                    .iter()
+                    .filter(|name| renewed.contains(&***name))
+                    .cloned()
+                    .collect()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "renewing hint leases failed; retrying one by one");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Takes one lease, waiting for appends that hold its row: for leases
+    /// running low that the batch skipped.
+    async fn retake(&self, recipient: Arc<str>) {
+        let asked = Instant::now();
+        match self.take(&recipient).await {
+            Ok(_) => self.note(recipient, asked),
+            Err(error) => tracing::warn!(%error, %recipient, "renewing a hint lease failed"),
+        }
+    }
+
+    /// Takes or extends one recipient's lease, and reads its position under
+    /// the same row lock. `synchronous_commit` off for this transaction
+    /// only: the lease is visible once committed, which is all the order
+    /// above needs, and a crash that loses it is a reconnect, after which
+    /// every lease is taken again. `greatest`: never shorten another
+    /// instance's lease.
+    async fn take(&self, recipient: &str) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar!(
+            r#"INSERT INTO tidings.recipients AS r (recipient, last_seq, hints_until)
+               SELECT $1, 0, now() + make_interval(secs => $2)
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS soft_commit
+                   ON CONFLICT (recipient)
+                   DO UPDATE SET hints_until = greatest(r.hints_until, excluded.hints_until)
+               RETURNING r.last_seq"#,
+            recipient,
+            self.shared.length.as_secs_f64(),
+        )
+        .fetch_one(&self.shared.pool)
+        .await
+    }
+
+    /// Whether a lease taken here holds for at least another third of its
+    /// length, so the renewal task will extend it before it lapses.
+    fn holds(&self, recipient: &str) -> bool {
+        let margin = Instant::now() + self.shared.length / 3;
+        lock(&self.shared.held)
+            .get(recipient)
+            .is_some_and(|until| *until > margin)
+    }
+
+    fn note(&self, recipient: Arc<str>, asked: Instant) {
+        let until = asked + self.shared.length;
+        lock(&self.shared.held).insert(recipient, until);
+    }
+}
+
+/// The map has no invariant a panic could break half-way.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

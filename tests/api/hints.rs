@@ -1,0 +1,196 @@
+//! Appends NOTIFY only for recipients someone streams (I7, migration 0008):
+//! a stream's recipient holds a hint lease from before the stream reads its
+//! position until after it closes, and nobody else's appends queue for
+//! PostgreSQL's notify lock.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::postgres::PgListener;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+/// A session listening on tidings' channel, as the service's own does.
+async fn listen(app: &TestApp) -> PgListener {
+    let mut hints = PgListener::connect_with(&app.db).await.expect("listener");
+    hints.listen("tidings").await.expect("listen");
+    hints
+}
+
+/// The next hint's payload, if one comes within `wait`.
+async fn next_hint(hints: &mut PgListener, wait: Duration) -> Option<String> {
+    let hint = tokio::time::timeout(wait, hints.recv()).await.ok()?;
+    Some(hint.expect("hint").payload().to_owned())
+}
+
+/// No sweep within any test's time: only hints can deliver live events.
+fn no_sweep(app: &mut tidings::app::Settings) {
+    app.sweep_interval = Duration::from_secs(600);
+}
+
+#[tokio::test]
+async fn an_append_hints_only_if_its_recipient_has_a_stream() {
+    let app = spawn_app_with(no_sweep).await;
+    let mut hints = listen(&app).await;
+    let mut alice = app.stream("alice", Some(0)).await;
+    // A first event: alice's stream has surely taken its lease by then.
+    app.insert("alice", "hello", json!({})).await;
+    assert_eq!(alice.next().await.json()["kind"], "hello");
+    assert_eq!(
+        next_hint(&mut hints, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"["alice"]"#)
+    );
+
+    app.insert("bob", "unwatched", json!({})).await;
+    app.insert("alice", "watched", json!({})).await;
+
+    assert_eq!(
+        next_hint(&mut hints, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some(r#"["alice"]"#),
+        "bob has no stream, so his append sent no hint before alice's"
+    );
+    assert_eq!(alice.next().await.json()["kind"], "watched");
+}
+
+#[tokio::test]
+async fn a_stream_keeps_its_recipient_hinted_for_longer_than_a_lease() {
+    let app = spawn_app_with(|s| {
+        no_sweep(s);
+        s.hint_lease = Duration::from_secs(1);
+    })
+    .await;
+    let mut alice = app.stream("alice", None).await;
+
+    // Three lease lengths: only renewals keep the lease alive.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.insert("alice", "late", json!({})).await;
+
+    let event = alice
+        .next_within(Duration::from_secs(3))
+        .await
+        .expect("hinted, not left for the sweep");
+    assert_eq!(event.json()["kind"], "late");
+}
+
+#[tokio::test]
+async fn a_lease_lapses_once_its_last_stream_has_closed() {
+    let app = spawn_app_with(|s| s.hint_lease = Duration::from_secs(1)).await;
+    let mut alice = app.stream("alice", Some(0)).await;
+    app.insert("alice", "first", json!({})).await;
+    assert_eq!(alice.next().await.json()["kind"], "first");
+
+    drop(alice);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut hints = listen(&app).await;
+    app.insert("alice", "unwatched", json!({})).await;
+
+    assert_eq!(
+        next_hint(&mut hints, Duration::from_millis(500)).await,
+        None
+    );
+    let lapsed: bool = sqlx::query_scalar(
+        "SELECT hints_until < now() FROM tidings.recipients WHERE recipient = 'alice'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("lease");
+    assert!(lapsed);
+}
+
+#[tokio::test]
+async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append() {
+    let app = spawn_app_with(no_sweep).await;
+    app.insert("alice", "before", json!({})).await;
+    let mut append = app.db.begin().await.expect("begin");
+    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'racing')")
+        .execute(&mut *append)
+        .await
+        .expect("insert");
+
+    // The stream's lease waits for the append's row lock...
+    let opening = tokio::spawn({
+        let (address, token) = (app.address.clone(), app.token("alice"));
+        async move {
+            reqwest::Client::new()
+                .get(format!("{address}/v1/stream?last_event_id=1"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("stream")
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    append.commit().await.expect("commit");
+    let mut alice = crate::helpers::SseClient::new(opening.await.expect("opened"));
+
+    // ...so its position covers it, or its lease made it hint.
+    let event = alice
+        .next_within(Duration::from_secs(5))
+        .await
+        .expect("delivered");
+    assert_eq!(
+        (event.seq(), event.json()["kind"].clone()),
+        (2, json!("racing"))
+    );
+}
+
+#[tokio::test]
+async fn the_leases_of_many_streamed_recipients_are_renewed_together() {
+    let app = spawn_app_with(|s| s.hint_lease = Duration::from_secs(1)).await;
+    let names: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+    let mut streams = Vec::new();
+    for name in &names {
+        streams.push(app.stream(name, None).await);
+    }
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM tidings.recipients WHERE recipient = ANY($1) AND hints_until > now()",
+    )
+    .bind(&names)
+    .fetch_one(&app.db)
+    .await
+    .expect("count");
+
+    assert_eq!(leased, 50);
+    drop(streams);
+}
+
+#[tokio::test]
+async fn hint_leases_survive_a_listener_reconnect() {
+    let app = spawn_app().await;
+    let mut alice = app.stream("alice", None).await;
+    // Lose every lease, as a database restored from a backup would.
+    sqlx::query("UPDATE tidings.recipients SET hints_until = NULL")
+        .execute(&app.db)
+        .await
+        .expect("drop leases");
+
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'tidings-listener' AND datname = current_database()",
+    )
+    .execute(&app.db)
+    .await
+    .expect("terminate");
+    let mut leased = false;
+    for _ in 0..100 {
+        leased = sqlx::query_scalar(
+            "SELECT coalesce(hints_until > now(), false) FROM tidings.recipients WHERE recipient = 'alice'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .expect("lease");
+        if leased {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leased, "the lease was taken again after the reconnect");
+    app.insert("alice", "after", json!({})).await;
+    assert_eq!(alice.next().await.json()["kind"], "after");
+}
