@@ -31,6 +31,11 @@ use crate::hub::Hub;
 
 /// Most recipients renewed per statement, to keep each one short.
 const BATCH: usize = 1000;
+/// Longest a lease waits for an append holding its counter row (the
+/// `lock_timeout` in [`Leases::take`]).
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+/// How often the renewal task looks for leases due or missing.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// Cheap to clone: every clone shares the same leases.
 #[derive(Clone)]
@@ -68,14 +73,28 @@ impl Leases {
 
     /// `recipient`'s position, read once appends to it hint this instance:
     /// where a new stream of it starts following the hub.
+    ///
+    /// An append holding the counter row past [`LOCK_WAIT`] (a long app
+    /// transaction) must not hold up the stream: it opens on the plain
+    /// position, unleased, and the renewal task keeps trying for the lease
+    /// every [`RETRY`]; once it has it, the hub fetches for everyone, which
+    /// catches whatever was appended unhinted meanwhile.
     pub async fn position(&self, recipient: &str) -> Result<i64, sqlx::Error> {
         if self.holds(recipient) {
             return events::position(&self.shared.pool, recipient).await;
         }
         let asked = Instant::now();
-        let position = self.take(recipient).await?;
-        self.note(recipient.into(), asked);
-        Ok(position)
+        match self.take(recipient).await {
+            Ok(position) => {
+                self.note(recipient.into(), asked);
+                Ok(position)
+            }
+            Err(error) if is_lock_timeout(&error) => {
+                tracing::debug!(%recipient, "counter row busy; streaming before the lease");
+                events::position(&self.shared.pool, recipient).await
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Forgets every lease: after the LISTEN session reconnects, the
@@ -86,10 +105,10 @@ impl Leases {
         self.shared.renew_now.notify_one();
     }
 
-    /// Renews the leases of every recipient the hub has a channel for,
-    /// every third of a lease, until `shutdown`.
+    /// Renews the lease of every recipient the hub has a channel for when
+    /// a third of it has passed, and takes missing ones, until `shutdown`.
     pub async fn run(self, hub: Hub, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.shared.length / 3);
+        let mut ticks = tokio::time::interval((self.shared.length / 3).min(RETRY));
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -102,12 +121,13 @@ impl Leases {
         }
     }
 
-    /// Renews `recipients`' leases and forgets the rest. True if one of
-    /// them had lapsed here: appends may have gone unhinted meanwhile.
+    /// Renews those of `recipients`' leases that are due, takes missing
+    /// ones, and forgets the leases of everyone else. True if one of them
+    /// had lapsed here: appends may have gone unhinted meanwhile.
     async fn renew(&self, recipients: Vec<Arc<str>>) -> bool {
         let asked = Instant::now();
-        let lapsed = self.keep_only(&recipients, asked);
-        for batch in recipients.chunks(BATCH) {
+        let (due, lapsed) = self.due(&recipients, asked);
+        for batch in due.chunks(BATCH) {
             let renewed = self.renew_batch(batch).await;
             for recipient in batch {
                 if renewed.contains(recipient) {
@@ -120,15 +140,23 @@ impl Leases {
         lapsed
     }
 
-    /// Drops leases of recipients no longer streamed here; true if one of
-    /// `recipients` has no lease here any more (or never had one).
-    fn keep_only(&self, recipients: &[Arc<str>], now: Instant) -> bool {
+    /// Which of `recipients` need their lease renewed or taken (a third
+    /// of it gone, or none here), and whether one of them has none left.
+    /// Forgets the leases of recipients no longer streamed here.
+    fn due(&self, recipients: &[Arc<str>], now: Instant) -> (Vec<Arc<str>>, bool) {
         let mut held = lock(&self.shared.held);
         let wanted: HashSet<&Arc<str>> = recipients.iter().collect();
         held.retain(|recipient, _| wanted.contains(recipient));
-        recipients
+        let renew_before = now + self.shared.length * 2 / 3;
+        let due: Vec<Arc<str>> = recipients
             .iter()
-            .any(|recipient| held.get(recipient).is_none_or(|until| *until <= now))
+            .filter(|r| held.get(*r).is_none_or(|until| *until < renew_before))
+            .cloned()
+            .collect();
+        let lapsed = due
+            .iter()
+            .any(|r| held.get(r).is_none_or(|until| *until <= now));
+        (due, lapsed)
     }
 
     /// The recipients of `batch` whose lease the database extended. Rows an
@@ -171,26 +199,31 @@ impl Leases {
         let asked = Instant::now();
         match self.take(&recipient).await {
             Ok(_) => self.note(recipient, asked),
+            Err(error) if is_lock_timeout(&error) => {
+                tracing::debug!(%recipient, "counter row busy; lease retried later");
+            }
             Err(error) => tracing::warn!(%error, %recipient, "renewing a hint lease failed"),
         }
     }
 
     /// Takes or extends one recipient's lease, and reads its position under
-    /// the same row lock. `synchronous_commit` off for this transaction
-    /// only: the lease is visible once committed, which is all the order
-    /// above needs, and a crash that loses it is a reconnect, after which
-    /// every lease is taken again. `greatest`: never shorten another
-    /// instance's lease.
+    /// the same row lock, waiting for it at most [`LOCK_WAIT`].
+    /// `synchronous_commit` off for this transaction only: the lease is
+    /// visible once committed, which is all the order above needs, and a
+    /// crash that loses it is a reconnect, after which every lease is taken
+    /// again. `greatest`: never shorten another instance's lease.
     async fn take(&self, recipient: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar!(
             r#"INSERT INTO tidings.recipients AS r (recipient, last_seq, hints_until)
                SELECT $1, 0, now() + make_interval(secs => $2)
-                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS soft_commit
+                 FROM (SELECT set_config('synchronous_commit', 'off', true),
+                              set_config('lock_timeout', $3, true)) AS settings
                    ON CONFLICT (recipient)
                    DO UPDATE SET hints_until = greatest(r.hints_until, excluded.hints_until)
                RETURNING r.last_seq"#,
             recipient,
             self.shared.length.as_secs_f64(),
+            format!("{}ms", LOCK_WAIT.as_millis()),
         )
         .fetch_one(&self.shared.pool)
         .await
@@ -209,6 +242,11 @@ impl Leases {
         let until = asked + self.shared.length;
         lock(&self.shared.held).insert(recipient, until);
     }
+}
+
+/// PostgreSQL's `lock_not_available`: the lock timeout expired.
+fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
 }
 
 /// The map has no invariant a panic could break half-way.

@@ -194,3 +194,33 @@ async fn hint_leases_survive_a_listener_reconnect() {
     app.insert("alice", "after", json!({})).await;
     assert_eq!(alice.next().await.json()["kind"], "after");
 }
+
+#[tokio::test]
+async fn a_long_transaction_holding_the_counter_row_does_not_hold_up_a_new_stream() {
+    let app = spawn_app_with(no_sweep).await;
+    app.insert("alice", "before", json!({})).await;
+    let mut append = app.db.begin().await.expect("begin");
+    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'long')")
+        .execute(&mut *append)
+        .await
+        .expect("insert");
+
+    // The stream opens and replays while the append still holds the row...
+    let mut alice = app.stream("alice", Some(0)).await;
+    let history = alice
+        .next_within(Duration::from_secs(3))
+        .await
+        .expect("history while the transaction is open");
+    assert_eq!(history.seq(), 1);
+
+    // ...and once it commits, the lease is taken and the append fetched.
+    append.commit().await.expect("commit");
+    let event = alice
+        .next_within(Duration::from_secs(6))
+        .await
+        .expect("delivered without the sweep");
+    assert_eq!(
+        (event.seq(), event.json()["kind"].clone()),
+        (2, json!("long"))
+    );
+}
