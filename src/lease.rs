@@ -123,7 +123,8 @@ impl Leases {
 
     /// Renews those of `recipients`' leases that are due, takes missing
     /// ones, and forgets the leases of everyone else. True if one of them
-    /// had lapsed here: appends may have gone unhinted meanwhile.
+    /// had lapsed here and is now held again: appends may have gone
+    /// unhinted meanwhile, and from now on would be hinted.
     async fn renew(&self, recipients: Vec<Arc<str>>) -> bool {
         let asked = Instant::now();
         let (due, lapsed) = self.due(&recipients, asked);
@@ -137,13 +138,13 @@ impl Leases {
                 }
             }
         }
-        lapsed
+        lapsed.iter().any(|recipient| self.holds(recipient))
     }
 
     /// Which of `recipients` need their lease renewed or taken (a third
-    /// of it gone, or none here), and whether one of them has none left.
+    /// of it gone, or none here), and which of those have none left.
     /// Forgets the leases of recipients no longer streamed here.
-    fn due(&self, recipients: &[Arc<str>], now: Instant) -> (Vec<Arc<str>>, bool) {
+    fn due(&self, recipients: &[Arc<str>], now: Instant) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
         let mut held = lock(&self.shared.held);
         let wanted: HashSet<&Arc<str>> = recipients.iter().collect();
         held.retain(|recipient, _| wanted.contains(recipient));
@@ -155,7 +156,9 @@ impl Leases {
             .collect();
         let lapsed = due
             .iter()
-            .any(|r| held.get(r).is_none_or(|until| *until <= now));
+            .filter(|r| held.get(*r).is_none_or(|until| *until <= now))
+            .cloned()
+            .collect();
         (due, lapsed)
     }
 
