@@ -8,9 +8,9 @@
 -- lease `hints_until` lies ahead of the transaction's `now()`; tidings
 -- instances take that lease before a stream of theirs reads its position
 -- and renew it while the stream lives (src/lease.rs). Writers to everyone
--- else commit without NOTIFY: 0.42x and 0.55x the time of a bare-NOTIFY
--- table with 8 and 32 writers in `tidings-bench ingest` (BENCHMARKS.md,
--- session 8), against 1.2x and more with a hint for every append.
+-- else commit without NOTIFY: in `tidings-bench ingest` (BENCHMARKS.md,
+-- session 8) 0.56x and 0.46x the time of a bare-NOTIFY table with 8 and
+-- 32 writers, against 1.20x and 1.24x for recipients with a lease.
 --
 -- Invariant changed
 --   I7  A committed append hints (NOTIFY on channel `tidings`, payload a
@@ -27,7 +27,15 @@
 -- after the lease committed reads the lease - under READ COMMITTED an
 -- UPDATE re-reads a row changed since its snapshot - and hints. A lease
 -- that lapses (an instance that died, or could not renew) costs only
--- latency: the sweep compares every open stream with the table.
+-- latency: the sweep compares every open stream with the table. An
+-- instance that waits more than a second for the row (an app transaction
+-- appended and has not committed) opens the stream unleased and, once it
+-- has taken the lease, reads every streamed recipient again.
+--
+-- REPEATABLE READ and SERIALIZABLE writers: taking or renewing a lease
+-- updates the counter row, so such a transaction whose snapshot predates
+-- it fails with a serialization error (40001) on its next append to that
+-- recipient - as it does when another append got there first.
 --
 -- Upgrading: tidings instances older than this migration take no lease,
 -- so their streams get events from the sweep only (within 30 s by
