@@ -11,12 +11,13 @@
 //! keeps it ahead while the hub has a channel for the recipient.
 //!
 //! This module must never let a stream read its position before the lease
-//! has committed: every append locks the counter row, so an append either
-//! committed before the lease (and the position covers it) or reads the
-//! lease and hints. A lease that lapses anyway (the database restarted, a
-//! renewal failed) costs latency, never an event: the sweep still compares
-//! every open stream with the table, and a renewal that finds a lapse has
-//! the hub fetch for everyone.
+//! has committed, unless it has waited [`LOCK_WAIT`] for it: every append
+//! locks the counter row, so an append either committed before the lease
+//! (and the position covers it) or reads the lease and hints. A stream
+//! without a lease (the wait ran out, the database restarted, a renewal
+//! failed) costs latency, never an event: the sweep still compares every
+//! open stream with the table, and once the renewal task holds a lapsed
+//! lease again it has the hub fetch for everyone.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
