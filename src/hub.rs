@@ -148,10 +148,22 @@ impl Hub {
     /// recipient's position as read *before* this call: if this is the first
     /// stream, the hub fetches from there, so nothing committed after that
     /// read can be missed. Events the stream already has are its to drop.
+    ///
+    /// A channel that has fetched less than `position` also fetches once:
+    /// its streams opened without a lease (see [`crate::lease`]), so rows
+    /// up to `position` may have committed without a hint.
     pub fn subscribe(&self, recipient: &str, position: i64) -> Subscription {
         let mut channels = lock(&self.shared.channels);
         let (recipient, receiver) = match channels.get_key_value(recipient) {
-            Some((name, channel)) => (name.clone(), channel.sender.subscribe()),
+            Some((name, channel)) => {
+                let (name, behind) = (name.clone(), channel.fetched < position);
+                let receiver = channel.sender.subscribe();
+                drop(channels);
+                if behind {
+                    self.fetch_once(name.clone());
+                }
+                (name, receiver)
+            }
             None => {
                 let name: Arc<str> = recipient.into();
                 let (sender, receiver) = broadcast::channel(BUFFER);
@@ -172,11 +184,11 @@ impl Hub {
         }
     }
 
-    /// A new channel's first fetch, hint or no hint. A row committed after
-    /// the caller read `position` hints at once, and the hint may arrive
-    /// before the channel exists - then the map lookup in [`Hub::hint`]
-    /// drops it, and without this fetch the row would wait for the
-    /// recipient's next hint or the sweep. Usually it finds nothing.
+    /// A fetch for one channel, hint or no hint. A new channel needs one:
+    /// a row committed after the caller read `position` hints at once, and
+    /// the hint may arrive before the channel exists - then the map lookup
+    /// in [`Hub::hint`] drops it, and without this fetch the row would wait
+    /// for the recipient's next hint or the sweep. Usually it finds nothing.
     fn fetch_once(&self, recipient: Arc<str>) {
         lock(&self.shared.pending).recipients.insert(recipient);
         self.shared.wake.notify_one();
@@ -185,9 +197,10 @@ impl Hub {
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
     ///
-    /// Every append in the database hints, but most recipients have no open
-    /// stream here: those hints end at the map lookup, without waking the
-    /// fetcher. Nor does a recipient already pending: the fetch that takes
+    /// Appends hint for every recipient with a lease, but some of those
+    /// have no open stream here (another instance streams them, or the
+    /// lease outlived the stream): those hints end at the map lookup,
+    /// without waking the fetcher. Nor does a recipient already pending: the fetch that takes
     /// it starts after this hint's rows were committed.
     pub fn hint(&self, payload: &str) {
         if payload == "*" {
@@ -222,7 +235,8 @@ impl Hub {
     }
 
     /// Makes every open stream's recipient be compared with the table: after
-    /// the listener (re)connects, hints sent meanwhile are lost.
+    /// the listener (re)connects, hints sent meanwhile are lost, and after
+    /// a lapsed hint lease is held again, appends meanwhile sent none.
     pub fn hint_everyone(&self) {
         let mut pending = lock(&self.shared.pending);
         pending.everyone = true;

@@ -363,7 +363,9 @@ impl Cursor {
 
 /// Takes the recipient's hint lease and reads its position, then registers
 /// with the hub - in that order: every append committed after the read
-/// hints, and the hub fetches everything after the position.
+/// hints (unless the lease could not be had in time, see
+/// [`crate::lease::Leases::position`]), and the hub fetches everything
+/// after the position.
 async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscription), sqlx::Error> {
     let latest = state.leases.position(recipient).await?;
     Ok((latest, state.hub.subscribe(recipient, latest)))

@@ -152,3 +152,30 @@ async fn a_new_subscriber_gets_rows_committed_after_its_position_without_a_hint(
     assert_eq!(seqs, [1]);
     assert!(String::from_utf8_lossy(&burst[0].frame()).contains("\"between\""));
 }
+
+/// A stream that opened without a hint lease (its counter row was busy, see
+/// `lease.rs`) follows a channel that appends may not hint. When another
+/// stream of the recipient subscribes with a later position - it has
+/// taken the lease, so every row up to that position may be unhinted - the
+/// hub fetches, and the first stream gets those rows without the sweep.
+#[tokio::test]
+async fn a_subscriber_ahead_of_its_channel_makes_the_hub_fetch() {
+    let app = spawn_app().await;
+    let hub = Hub::new(app.db.clone(), Arc::new(Metrics::new()));
+    tokio::spawn(hub.clone().run(app.shutdown.clone()));
+    app.insert("alice", "first", json!({})).await;
+    let mut first = hub.subscribe("alice", 0);
+    let seqs_of = |live| match live {
+        Ok(Live::Events(burst)) => burst.iter().map(|event| event.seq).collect::<Vec<i64>>(),
+        _ => Vec::new(),
+    };
+    let live = tokio::time::timeout(Duration::from_secs(3), first.next()).await;
+    assert_eq!(seqs_of(live), [1]);
+
+    // Unhinted: this hub has no LISTEN session at all.
+    app.insert("alice", "unhinted", json!({})).await;
+    let _second = hub.subscribe("alice", 2);
+
+    let live = tokio::time::timeout(Duration::from_secs(3), first.next()).await;
+    assert_eq!(seqs_of(live), [2], "the first stream gets the row");
+}
