@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
@@ -110,6 +111,8 @@ impl Leases {
     /// a third of it has passed, and takes missing ones, until `shutdown`.
     pub async fn run(self, hub: Hub, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval((self.shared.length / 3).min(RETRY));
+        // A pass slowed by busy rows must not be followed by a burst of them.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -129,17 +132,20 @@ impl Leases {
     async fn renew(&self, recipients: Vec<Arc<str>>) -> bool {
         let asked = Instant::now();
         let (due, lapsed) = self.due(&recipients, asked);
+        let (mut taken, mut skipped) = (HashSet::new(), Vec::new());
         for batch in due.chunks(BATCH) {
             let renewed = self.renew_batch(batch).await;
             for recipient in batch {
                 if renewed.contains(recipient) {
                     self.note(recipient.clone(), asked);
+                    taken.insert(recipient.clone());
                 } else if !self.holds(recipient) {
-                    self.retake(recipient.clone()).await;
+                    skipped.push(recipient.clone());
                 }
             }
         }
-        lapsed.iter().any(|recipient| self.holds(recipient))
+        taken.extend(self.retake(skipped, asked + RETRY).await);
+        lapsed.iter().any(|recipient| taken.contains(recipient))
     }
 
     /// Which of `recipients` need their lease renewed or taken (a third
@@ -164,9 +170,10 @@ impl Leases {
     }
 
     /// The recipients of `batch` whose lease the database extended. Rows an
-    /// append has locked are skipped (and retaken one by one, waiting, if
-    /// their lease runs low): a statement that waited on many rows could
-    /// deadlock with a transaction appending to several recipients.
+    /// append has locked are skipped (and retaken one by one, each waiting
+    /// at most [`LOCK_WAIT`], if their lease runs low or is missing): a
+    /// statement that waited on many rows could deadlock with a transaction
+    /// appending to several recipients.
     async fn renew_batch(&self, batch: &[Arc<str>]) -> Vec<Arc<str>> {
         let names: Vec<String> = batch.iter().map(|name| name.to_string()).collect();
         let renewed = sqlx::query_scalar!(
@@ -197,17 +204,28 @@ impl Leases {
         }
     }
 
-    /// Takes one lease, waiting for appends that hold its row: for leases
-    /// running low that the batch skipped.
-    async fn retake(&self, recipient: Arc<str>) {
-        let asked = Instant::now();
-        match self.take(&recipient).await {
-            Ok(_) => self.note(recipient, asked),
-            Err(error) if is_lock_timeout(&error) => {
-                tracing::debug!(%recipient, "counter row busy; lease retried later");
+    /// Takes the leases the batches skipped, one by one, until `deadline`:
+    /// rows held by long transactions must not keep the next pass, and the
+    /// other leases' renewals, waiting. Returns those it took.
+    async fn retake(&self, recipients: Vec<Arc<str>>, deadline: Instant) -> Vec<Arc<str>> {
+        let mut taken = Vec::new();
+        for recipient in recipients {
+            if Instant::now() >= deadline {
+                break;
             }
-            Err(error) => tracing::warn!(%error, %recipient, "renewing a hint lease failed"),
+            let asked = Instant::now();
+            match self.take(&recipient).await {
+                Ok(_) => {
+                    self.note(recipient.clone(), asked);
+                    taken.push(recipient);
+                }
+                Err(error) if is_lock_timeout(&error) => {
+                    tracing::debug!(%recipient, "counter row busy; lease retried later");
+                }
+                Err(error) => tracing::warn!(%error, %recipient, "renewing a hint lease failed"),
+            }
         }
+        taken
     }
 
     /// Takes or extends one recipient's lease, and reads its position under
