@@ -93,8 +93,9 @@ pub struct ServeArgs {
     /// How long a hint lease lasts: while a stream is open here, appends
     /// for its recipient NOTIFY this service, and the lease is renewed
     /// every third of this; appends for anyone else commit without NOTIFY.
-    /// A lease left by a stopped instance lapses after this long.
-    #[arg(long, env = "TIDINGS_HINT_LEASE", default_value = "5m", value_parser = humantime::parse_duration)]
+    /// A lease left by a stopped instance lapses after this long. Between
+    /// 1s and 24h.
+    #[arg(long, env = "TIDINGS_HINT_LEASE", default_value = "5m", value_parser = lease_length)]
     pub hint_lease: Duration,
 
     /// Most streams reading history (replay or catch-up) from the database at
@@ -181,4 +182,17 @@ pub enum LogFormat {
 pub enum Role {
     Publisher,
     Auditor,
+}
+
+/// `--hint-lease`: a duration from 1s to 24h. Shorter would renew as busy
+/// work; longer leaves a stopped instance's leases NOTIFYing for a day,
+/// and overflows clock arithmetic long before the database objects.
+fn lease_length(text: &str) -> Result<Duration, String> {
+    let length = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    let allowed = Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60);
+    if allowed.contains(&length) {
+        Ok(length)
+    } else {
+        Err("must be between 1s and 24h".into())
+    }
 }

@@ -244,3 +244,17 @@ fn a_pool_of_fewer_than_two_connections_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--db-pool-size"), "{stderr}");
 }
+
+#[test]
+fn a_hint_lease_outside_one_second_to_a_day_is_a_clear_error() {
+    for lease in ["0s", "500ms", "25h", "1000000000y"] {
+        let output = tidings()
+            .args(["serve", "--hint-lease", lease])
+            .output()
+            .expect("run");
+
+        assert!(!output.status.success(), "{lease} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--hint-lease"), "{stderr}");
+    }
+}
