@@ -165,7 +165,8 @@ pub struct Sizes {
     #[arg(long, default_value_t = 10_000)]
     pub bulk_rows: i64,
 
-    /// ingest: repetitions of each bulk insert (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    /// ingest: repetitions of each bulk insert (medians are reported, and
+    /// the median of each repeat's ratio to plain).
+    #[arg(long, default_value_t = 5)]
     pub bulk_repeats: usize,
 }
