@@ -105,11 +105,7 @@ async fn a_lease_lapses_once_its_last_stream_has_closed() {
 async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append() {
     let app = spawn_app_with(no_sweep).await;
     app.insert("alice", "before", json!({})).await;
-    let mut append = app.db.begin().await.expect("begin");
-    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'racing')")
-        .execute(&mut *append)
-        .await
-        .expect("insert");
+    let append = uncommitted_append(&app, "alice", "racing").await;
 
     // The stream's lease waits for the append's row lock...
     let opening = tokio::spawn({
@@ -199,11 +195,7 @@ async fn hint_leases_survive_a_listener_reconnect() {
 async fn a_long_transaction_holding_the_counter_row_does_not_hold_up_a_new_stream() {
     let app = spawn_app_with(no_sweep).await;
     app.insert("alice", "before", json!({})).await;
-    let mut append = app.db.begin().await.expect("begin");
-    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('alice', 'long')")
-        .execute(&mut *append)
-        .await
-        .expect("insert");
+    let append = uncommitted_append(&app, "alice", "long").await;
 
     // The stream opens and replays while the append still holds the row...
     let mut alice = app.stream("alice", Some(0)).await;
@@ -223,4 +215,21 @@ async fn a_long_transaction_holding_the_counter_row_does_not_hold_up_a_new_strea
         (event.seq(), event.json()["kind"].clone()),
         (2, json!("long"))
     );
+}
+
+/// An append to `recipient` whose transaction is still open: it holds the
+/// recipient's counter row until it commits or rolls back.
+async fn uncommitted_append(
+    app: &TestApp,
+    recipient: &str,
+    kind: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut append = app.db.begin().await.expect("begin");
+    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ($1, $2)")
+        .bind(recipient)
+        .bind(kind)
+        .execute(&mut *append)
+        .await
+        .expect("insert");
+    append
 }
