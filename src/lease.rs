@@ -131,42 +131,33 @@ impl Leases {
     /// unhinted meanwhile, and from now on would be hinted.
     async fn renew(&self, recipients: Vec<Arc<str>>) -> bool {
         let asked = Instant::now();
-        let (due, lapsed) = self.due(&recipients, asked);
-        let (mut taken, mut skipped) = (HashSet::new(), Vec::new());
-        for batch in due.chunks(BATCH) {
+        let (mut relapsed, mut skipped) = (false, Vec::new());
+        for batch in self.due(&recipients, asked).chunks(BATCH) {
             let renewed = self.renew_batch(batch).await;
             for recipient in batch {
                 if renewed.contains(recipient) {
-                    self.note(recipient.clone(), asked);
-                    taken.insert(recipient.clone());
+                    relapsed |= self.note(recipient.clone(), asked);
                 } else if !self.holds(recipient) {
                     skipped.push(recipient.clone());
                 }
             }
         }
-        taken.extend(self.retake(skipped, asked + RETRY).await);
-        lapsed.iter().any(|recipient| taken.contains(recipient))
+        self.retake(skipped, asked + RETRY).await || relapsed
     }
 
-    /// Which of `recipients` need their lease renewed or taken (a third
-    /// of it gone, or none here), and which of those have none left.
-    /// Forgets the leases of recipients no longer streamed here.
-    fn due(&self, recipients: &[Arc<str>], now: Instant) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    /// Which of `recipients` need their lease renewed or taken: a third of
+    /// it gone, or none here. Forgets the leases of recipients no longer
+    /// streamed here.
+    fn due(&self, recipients: &[Arc<str>], now: Instant) -> Vec<Arc<str>> {
         let mut held = lock(&self.shared.held);
         let wanted: HashSet<&Arc<str>> = recipients.iter().collect();
         held.retain(|recipient, _| wanted.contains(recipient));
         let renew_before = now + self.shared.length * 2 / 3;
-        let due: Vec<Arc<str>> = recipients
+        recipients
             .iter()
             .filter(|r| held.get(*r).is_none_or(|until| *until < renew_before))
             .cloned()
-            .collect();
-        let lapsed = due
-            .iter()
-            .filter(|r| held.get(*r).is_none_or(|until| *until <= now))
-            .cloned()
-            .collect();
-        (due, lapsed)
+            .collect()
     }
 
     /// The recipients of `batch` whose lease the database extended. Rows an
@@ -206,26 +197,23 @@ impl Leases {
 
     /// Takes the leases the batches skipped, one by one, until `deadline`:
     /// rows held by long transactions must not keep the next pass, and the
-    /// other leases' renewals, waiting. Returns those it took.
-    async fn retake(&self, recipients: Vec<Arc<str>>, deadline: Instant) -> Vec<Arc<str>> {
-        let mut taken = Vec::new();
+    /// other leases' renewals, waiting. True if one it took had lapsed.
+    async fn retake(&self, recipients: Vec<Arc<str>>, deadline: Instant) -> bool {
+        let mut relapsed = false;
         for recipient in recipients {
             if Instant::now() >= deadline {
                 break;
             }
             let asked = Instant::now();
             match self.take(&recipient).await {
-                Ok(_) => {
-                    self.note(recipient.clone(), asked);
-                    taken.push(recipient);
-                }
+                Ok(_) => relapsed |= self.note(recipient.clone(), asked),
                 Err(error) if is_lock_timeout(&error) => {
                     tracing::debug!(%recipient, "counter row busy; lease retried later");
                 }
                 Err(error) => tracing::warn!(%error, %recipient, "renewing a hint lease failed"),
             }
         }
-        taken
+        relapsed
     }
 
     /// Takes or extends one recipient's lease, and reads its position under
@@ -260,9 +248,13 @@ impl Leases {
             .is_some_and(|until| *until > margin)
     }
 
-    fn note(&self, recipient: Arc<str>, asked: Instant) {
+    /// Records a lease taken or extended by a statement sent at `asked`.
+    /// True if the one it replaces had lapsed by now (or there was none):
+    /// appends may have gone unhinted until this one.
+    fn note(&self, recipient: Arc<str>, asked: Instant) -> bool {
         let until = asked + self.shared.length;
-        lock(&self.shared.held).insert(recipient, until);
+        let before = lock(&self.shared.held).insert(recipient, until);
+        before.is_none_or(|until| until <= Instant::now())
     }
 }
 
