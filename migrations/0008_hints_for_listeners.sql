@@ -30,7 +30,12 @@
 -- latency: the sweep compares every open stream with the table. An
 -- instance that waits more than a second for the row (an app transaction
 -- appended and has not committed) opens the stream unleased and, once it
--- has taken the lease, reads every streamed recipient again.
+-- has taken the lease, reads every streamed recipient again. Rows the
+-- bulk cache numbers read no lease: the same transaction's miss or first
+-- hit locked the row and hinted before it, and the cache's settings are
+-- transaction-local (a session that SETs them by hand can skip the lock
+-- and the hint, as it could skip the numbering before; `verify` reports
+-- the damage).
 --
 -- REPEATABLE READ and SERIALIZABLE writers: taking or renewing a lease
 -- updates the counter row, so such a transaction whose snapshot predates
@@ -39,7 +44,10 @@
 --
 -- Upgrading: tidings instances older than this migration take no lease,
 -- so their streams get events from the sweep only (within 30 s by
--- default) until they are replaced. Upgrade all instances together.
+-- default) until they are replaced. Upgrade all instances together. The
+-- ALTER TABLE below takes an exclusive lock on `recipients` for a moment
+-- (no rewrite: the new column is nullable without a default), so it waits
+-- for open appending transactions and appends wait for it.
 
 -- Until when some tidings instance wants hints for this recipient; NULL:
 -- never asked. Soft state - nothing else depends on it, and `tidings
