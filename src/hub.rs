@@ -154,16 +154,12 @@ impl Hub {
     /// up to `position` may have committed without a hint.
     pub fn subscribe(&self, recipient: &str, position: i64) -> Subscription {
         let mut channels = lock(&self.shared.channels);
-        let (recipient, receiver) = match channels.get_key_value(recipient) {
-            Some((name, channel)) => {
-                let (name, behind) = (name.clone(), channel.fetched < position);
-                let receiver = channel.sender.subscribe();
-                drop(channels);
-                if behind {
-                    self.fetch_once(name.clone());
-                }
-                (name, receiver)
-            }
+        let (recipient, receiver, fetch) = match channels.get_key_value(recipient) {
+            Some((name, channel)) => (
+                name.clone(),
+                channel.sender.subscribe(),
+                channel.fetched < position,
+            ),
             None => {
                 let name: Arc<str> = recipient.into();
                 let (sender, receiver) = broadcast::channel(BUFFER);
@@ -172,11 +168,13 @@ impl Hub {
                     fetched: position,
                 };
                 channels.insert(name.clone(), channel);
-                drop(channels);
-                self.fetch_once(name.clone());
-                (name, receiver)
+                (name, receiver, true)
             }
         };
+        drop(channels);
+        if fetch {
+            self.fetch_once(recipient.clone());
+        }
         Subscription {
             receiver,
             recipient,
@@ -200,8 +198,8 @@ impl Hub {
     /// Appends hint for every recipient with a lease, but some of those
     /// have no open stream here (another instance streams them, or the
     /// lease outlived the stream): those hints end at the map lookup,
-    /// without waking the fetcher. Nor does a recipient already pending: the fetch that takes
-    /// it starts after this hint's rows were committed.
+    /// without waking the fetcher. Nor does a recipient already pending:
+    /// the fetch that takes it starts after this hint's rows were committed.
     pub fn hint(&self, payload: &str) {
         if payload == "*" {
             return self.hint_everyone();

@@ -79,18 +79,15 @@ impl Leases {
     /// An append holding the counter row past [`LOCK_WAIT`] (a long app
     /// transaction) must not hold up the stream: it opens on the plain
     /// position, unleased, and the renewal task keeps trying for the lease
-    /// every [`RETRY`]; once it has it, the hub fetches for everyone, which
-    /// catches whatever was appended unhinted meanwhile.
+    /// every [`RETRY`]. Whoever takes it then - the renewal task, or
+    /// another stream's open - makes the hub fetch, which catches whatever
+    /// was appended unhinted meanwhile.
     pub async fn position(&self, recipient: &str) -> Result<i64, sqlx::Error> {
         if self.holds(recipient) {
             return events::position(&self.shared.pool, recipient).await;
         }
-        let asked = Instant::now();
-        match self.take(recipient).await {
-            Ok(position) => {
-                self.note(recipient.into(), asked);
-                Ok(position)
-            }
+        match self.lease(recipient.into()).await {
+            Ok((position, _)) => Ok(position),
             Err(error) if is_lock_timeout(&error) => {
                 tracing::debug!(%recipient, "counter row busy; streaming before the lease");
                 events::position(&self.shared.pool, recipient).await
@@ -204,9 +201,8 @@ impl Leases {
             if Instant::now() >= deadline {
                 break;
             }
-            let asked = Instant::now();
-            match self.take(&recipient).await {
-                Ok(_) => relapsed |= self.note(recipient.clone(), asked),
+            match self.lease(recipient.clone()).await {
+                Ok((_, lapsed)) => relapsed |= lapsed,
                 Err(error) if is_lock_timeout(&error) => {
                     tracing::debug!(%recipient, "counter row busy; lease retried later");
                 }
@@ -214,6 +210,14 @@ impl Leases {
             }
         }
         relapsed
+    }
+
+    /// Takes or extends `recipient`'s lease and records it here: its
+    /// position, and whether the lease it replaces had lapsed.
+    async fn lease(&self, recipient: Arc<str>) -> Result<(i64, bool), sqlx::Error> {
+        let asked = Instant::now();
+        let position = self.take(&recipient).await?;
+        Ok((position, self.note(recipient, asked)))
     }
 
     /// Takes or extends one recipient's lease, and reads its position under
