@@ -188,6 +188,8 @@ fn bench_smoke_ingest() {
             assert!(metrics[&name].as_f64().unwrap_or(0.0) > 0.0, "{name}");
             let waits = &metrics[&format!("single_row.{writers}.{table}.writer_waits")];
             observed += observations(waits).unwrap_or_else(|| panic!("{waits}"));
+            let cpu = &metrics[&format!("single_row.{writers}.{table}.cpu_us_per_commit")];
+            assert!(postgres_cpu(cpu).is_some_and(|us| us > 0.0), "{cpu}");
         }
     }
     // Writers that insert flat out are seen in their statements.
@@ -195,6 +197,13 @@ fn bench_smoke_ingest() {
     for table in ["tidings", "bare_notify", "seq_notify", "plain"] {
         assert!(metrics[&format!("bulk.{table}.sorted_ms")].is_number());
     }
+}
+
+/// PostgreSQL's CPU µs per commit from a `cpu_us_per_commit` summary
+/// ("PostgreSQL 216, server 0, bench 42"), if it parses.
+fn postgres_cpu(summary: &Value) -> Option<f64> {
+    let rest = summary.as_str()?.strip_prefix("PostgreSQL ")?;
+    rest.split(',').next()?.trim().parse().ok()
 }
 
 /// How many writer observations a `writer_waits` summary rests on, if it

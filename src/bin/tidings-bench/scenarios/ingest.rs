@@ -63,8 +63,8 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
     let duration = Duration::from_secs_f64(sizes.ingest_seconds);
     for &writers in &sizes.ingest_writers {
         let rounds = sizes.ingest_rounds;
-        let (rates, waited) = rounds_of(harness, writers, rounds, duration, &prefix, &seq).await?;
-        single_rows(&mut report, writers, &rates, &waited);
+        let measured = rounds_of(harness, writers, rounds, duration, &prefix, &seq).await?;
+        single_rows(&mut report, writers, &measured);
     }
     bulk(harness, cli, &mut report).await?;
     baseline.remove(&harness.db).await?;
@@ -77,17 +77,20 @@ pub async fn run(cli: &Cli, harness: &mut Harness) -> Result<Report> {
 /// seconds apart, so the slow drift of this machine's disk and load cancels
 /// out of it, which it does not between medians taken over different
 /// rounds.
-fn single_rows(
-    report: &mut Report,
-    writers: usize,
-    rounds: &PerTable<Vec<f64>>,
-    waited: &PerTable<Tally>,
-) {
+fn single_rows(report: &mut Report, writers: usize, measured: &Rounds) {
+    let rounds = &measured.rates;
     let rates = rounds.clone().map(median);
     for (i, (label, _)) in TABLES.iter().enumerate() {
         let name = format!("single_row.w{writers}.{label}");
         report.metric(&format!("{name}.commits_per_s"), round(rates[i], 0));
-        report.metric(&format!("{name}.writer_waits"), waited[i].summary());
+        report.metric(
+            &format!("{name}.writer_waits"),
+            measured.waited[i].summary(),
+        );
+        report.metric(
+            &format!("{name}.cpu_us_per_commit"),
+            CpuTime::median(&measured.cpu[i]).per_commit_summary(),
+        );
     }
     crate::progress(format!("{writers} writers: {rates:.0?} commits/s"));
     let slower = |table: usize, than: usize| {
@@ -163,8 +166,21 @@ fn recipients_of(prefix: &str, table: usize) -> String {
 
 type PerTable<T> = [T; TABLES.len()];
 
-/// Commits/s per table in each of `rounds`, and what the writers waited
-/// for over all of them; each round measures every table once, in a
+/// What the single-row rounds of one writer count measured, per table.
+#[derive(Default)]
+struct Rounds {
+    /// Commits/s, one per round.
+    rates: PerTable<Vec<f64>>,
+    /// What the writers waited for, over all rounds.
+    waited: PerTable<Tally>,
+    /// CPU time per commit, one per round: the ratio's wall clock shows
+    /// only the part of the triggers' CPU that lengthens the NOTIFY lock's
+    /// chain of hand-overs; this shows all of it.
+    cpu: PerTable<Vec<CpuTime>>,
+}
+
+/// Commits/s per table in each of `rounds`, what the writers waited for
+/// and the CPU they cost; each round measures every table once, in a
 /// rotating order, so that no table always runs first or last (after a
 /// checkpoint, say) - with rounds a multiple of the tables, each takes
 /// every place equally often.
@@ -175,20 +191,77 @@ async fn rounds_of(
     duration: Duration,
     prefix: &Arc<String>,
     seq: &Arc<AtomicI64>,
-) -> Result<(PerTable<Vec<f64>>, PerTable<Tally>)> {
-    let mut samples: PerTable<Vec<f64>> = Default::default();
-    let mut waited: PerTable<Tally> = Default::default();
+) -> Result<Rounds> {
+    let mut measured = Rounds::default();
     for round in 0..rounds.max(1) {
         for i in rotation(round) {
             let table = TABLES[i].1;
             let recipients = Arc::new(recipients_of(prefix, i));
-            let writing = commits_per_s(harness, table, writers, duration, &recipients, seq);
-            let (rate, tally) = waits::during(&harness.db, writing).await?;
-            samples[i].push(rate);
-            waited[i].add(tally);
+            let before = CpuTime::now(harness);
+            let writing = commits(harness, table, writers, duration, &recipients, seq);
+            let ((commits, seconds), tally) = waits::during(&harness.db, writing).await?;
+            let cpu = CpuTime::now(harness).minus(before);
+            measured.rates[i].push(commits as f64 / seconds);
+            measured.cpu[i].push(cpu.per(commits));
+            measured.waited[i].add(tally);
         }
     }
-    Ok((samples, waited))
+    Ok(measured)
+}
+
+/// CPU seconds of PostgreSQL (all its processes, when the cluster is the
+/// bench's own: else NaN), of the tidings server (whose LISTEN session
+/// takes tidings' hints) and of this tool (the writers' client side).
+#[derive(Clone, Copy, Debug)]
+struct CpuTime {
+    postgres: f64,
+    server: f64,
+    bench: f64,
+}
+
+impl CpuTime {
+    fn now(harness: &Harness) -> Self {
+        Self {
+            postgres: harness.postgres_cpu().unwrap_or(f64::NAN),
+            server: crate::procfs::cpu_seconds(harness.server.pid()).unwrap_or(f64::NAN),
+            bench: crate::procfs::own_cpu_seconds(),
+        }
+    }
+
+    fn minus(self, earlier: Self) -> Self {
+        Self {
+            postgres: self.postgres - earlier.postgres,
+            server: self.server - earlier.server,
+            bench: self.bench - earlier.bench,
+        }
+    }
+
+    /// Seconds per commit, in µs.
+    fn per(self, commits: u64) -> Self {
+        let scale = 1e6 / commits.max(1) as f64;
+        Self {
+            postgres: self.postgres * scale,
+            server: self.server * scale,
+            bench: self.bench * scale,
+        }
+    }
+
+    /// Each party's median over the rounds.
+    fn median(rounds: &[Self]) -> Self {
+        let of = |part: fn(&Self) -> f64| median(rounds.iter().map(part).collect());
+        Self {
+            postgres: of(|c| c.postgres),
+            server: of(|c| c.server),
+            bench: of(|c| c.bench),
+        }
+    }
+
+    fn per_commit_summary(&self) -> String {
+        format!(
+            "PostgreSQL {:.0}, server {:.0}, bench {:.0}",
+            self.postgres, self.server, self.bench
+        )
+    }
 }
 
 /// The tables' indexes in round `round`'s order: each round starts one
@@ -204,15 +277,16 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// `writers` connections inserting one row per transaction for `duration`,
-/// each to one of the `prefix` recipients at random.
-async fn commits_per_s(
+/// each to one of the `prefix` recipients at random: the commits, and the
+/// seconds they took.
+async fn commits(
     harness: &Harness,
     table: &str,
     writers: usize,
     duration: Duration,
     prefix: &Arc<String>,
     seq: &Arc<AtomicI64>,
-) -> Result<f64> {
+) -> Result<(u64, f64)> {
     let statement = Arc::new(format!(
         "INSERT INTO {table} (recipient, seq, kind, payload) \
          VALUES ($1, $2, 'bench', jsonb_build_object('t', $3::int8))"
@@ -248,7 +322,7 @@ async fn commits_per_s(
     while let Some(joined) = tasks.join_next().await {
         commits += joined??;
     }
-    Ok(commits as f64 / started.elapsed().as_secs_f64())
+    Ok((commits, started.elapsed().as_secs_f64()))
 }
 
 /// One INSERT ... SELECT per table and order, repeated; medians in ms. Each
