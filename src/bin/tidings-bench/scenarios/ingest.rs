@@ -200,12 +200,10 @@ async fn rounds_of(
         for i in rotation(round) {
             let table = TABLES[i].1;
             let recipients = Arc::new(recipients_of(prefix, i));
-            let before = CpuTime::now(harness);
-            let writing = commits(harness, table, writers, duration, &recipients, seq);
-            let ((commits, seconds), tally) = waits::during(&harness.db, writing).await?;
-            let cpu = CpuTime::now(harness).minus(before);
-            measured.rates[i].push(commits as f64 / seconds);
-            measured.cpu[i].push(cpu.per(commits));
+            let writing = write(harness, table, writers, duration, &recipients, seq);
+            let (written, tally) = waits::during(&harness.db, writing).await?;
+            measured.rates[i].push(written.commits as f64 / written.seconds);
+            measured.cpu[i].push(written.cpu.per(written.commits));
             measured.waited[i].add(tally);
         }
     }
@@ -292,17 +290,25 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// What one table's writers did in one round.
+struct Written {
+    commits: u64,
+    seconds: f64,
+    /// CPU spent from the first INSERT to the last commit: connecting and
+    /// disconnecting (a backend's fork and exit) are left out.
+    cpu: CpuTime,
+}
+
 /// `writers` connections inserting one row per transaction for `duration`,
-/// each to one of the `prefix` recipients at random: the commits, and the
-/// seconds they took.
-async fn commits(
+/// each to one of the `prefix` recipients at random.
+async fn write(
     harness: &Harness,
     table: &str,
     writers: usize,
     duration: Duration,
     prefix: &Arc<String>,
     seq: &Arc<AtomicI64>,
-) -> Result<(u64, f64)> {
+) -> Result<Written> {
     let statement = Arc::new(format!(
         "INSERT INTO {table} (recipient, seq, kind, payload) \
          VALUES ($1, $2, 'bench', jsonb_build_object('t', $3::int8))"
@@ -312,6 +318,7 @@ async fn commits(
     for _ in 0..writers {
         connections.push(PgConnection::connect_with(&connect).await?);
     }
+    let cpu_before = CpuTime::now(harness);
     let end = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
@@ -330,15 +337,26 @@ async fn commits(
                     .await?;
                 commits += 1;
             }
-            let _ = conn.close().await;
-            anyhow::Ok(commits)
+            anyhow::Ok((commits, conn))
         });
     }
     let mut commits = 0;
+    let mut connections = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        commits += joined??;
+        let (count, conn) = joined??;
+        commits += count;
+        connections.push(conn);
     }
-    Ok((commits, started.elapsed().as_secs_f64()))
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = CpuTime::now(harness).minus(cpu_before);
+    for conn in connections {
+        let _ = conn.close().await;
+    }
+    Ok(Written {
+        commits,
+        seconds,
+        cpu,
+    })
 }
 
 /// One INSERT ... SELECT per table and order, repeated; medians in ms. Each
