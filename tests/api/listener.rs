@@ -179,3 +179,46 @@ async fn a_subscriber_ahead_of_its_channel_makes_the_hub_fetch() {
     let live = tokio::time::timeout(Duration::from_secs(3), first.next()).await;
     assert_eq!(seqs_of(live), [2], "the first stream gets the row");
 }
+
+#[tokio::test]
+async fn set_hints_called_from_many_sessions_at_once_never_fails() {
+    // Arrange: eight sessions, each switching hints off and on 25 times.
+    let app = spawn_app().await;
+    let mut sessions = tokio::task::JoinSet::new();
+    for session in 0..8 {
+        let db = app.db.clone();
+        sessions.spawn(async move {
+            let mut failures = Vec::new();
+            for call in 0..25 {
+                let on = (session + call) % 2 == 0;
+                let switched = sqlx::query("SELECT tidings.set_hints($1)")
+                    .bind(on)
+                    .execute(&db)
+                    .await;
+                failures.extend(switched.err().map(|error| error.to_string()));
+            }
+            failures
+        });
+    }
+
+    // Act
+    let mut failures = Vec::new();
+    while let Some(session) = sessions.join_next().await {
+        failures.extend(session.expect("session task"));
+    }
+
+    // Assert: every call succeeded, and the next one still has its way.
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
+    set_hints(&app, true).await;
+    let definition: String = sqlx::query_scalar(
+        "SELECT prosrc FROM pg_proc WHERE oid = 'tidings.send_hint(text)'::regprocedure",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("send_hint");
+    assert!(definition.contains("pg_notify"), "{definition}");
+}
