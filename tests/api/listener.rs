@@ -23,11 +23,15 @@ async fn kill_listener(app: &TestApp) -> u64 {
 
 /// Switches hints off or on: hints lost at the source.
 async fn set_hints(app: &TestApp, on: bool) {
+    try_set_hints(&app.db, on).await.expect("switch hints");
+}
+
+async fn try_set_hints(db: &sqlx::PgPool, on: bool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT tidings.set_hints($1)")
         .bind(on)
-        .execute(&app.db)
+        .execute(db)
         .await
-        .expect("switch hints");
+        .map(drop)
 }
 
 async fn wait_for_readyz(app: &TestApp, status: u16) -> bool {
@@ -190,11 +194,7 @@ async fn set_hints_called_from_many_sessions_at_once_never_fails() {
         sessions.spawn(async move {
             let mut failures = Vec::new();
             for call in 0..25 {
-                let on = (session + call) % 2 == 0;
-                let switched = sqlx::query("SELECT tidings.set_hints($1)")
-                    .bind(on)
-                    .execute(&db)
-                    .await;
+                let switched = try_set_hints(&db, (session + call) % 2 == 0).await;
                 failures.extend(switched.err().map(|error| error.to_string()));
             }
             failures

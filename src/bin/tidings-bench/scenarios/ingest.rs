@@ -93,13 +93,8 @@ fn single_rows(report: &mut Report, writers: usize, measured: &Rounds) {
         );
     }
     crate::progress(format!("{writers} writers: {rates:.0?} commits/s"));
-    let each_round = |table: usize, than: usize| -> Vec<f64> {
-        rounds[than]
-            .iter()
-            .zip(&rounds[table])
-            .map(|(a, b)| a / b)
-            .collect()
-    };
+    // Time ratios are inverse rate ratios.
+    let each_round = |table: usize, than: usize| ratios(&rounds[than], &rounds[table]);
     let slower = |table: usize, than: usize| median(each_round(table, than));
     let name = format!("single_row.w{writers}");
     let vs_notify = slower(TIDINGS, BARE_NOTIFY);
@@ -212,56 +207,46 @@ async fn rounds_of(
 
 /// CPU seconds of PostgreSQL (all its processes, when the cluster is the
 /// bench's own: else NaN), of the tidings server (whose LISTEN session
-/// takes tidings' hints) and of this tool (the writers' client side).
+/// takes tidings' hints) and of this tool (the writers' client side), in
+/// that order.
 #[derive(Clone, Copy, Debug)]
-struct CpuTime {
-    postgres: f64,
-    server: f64,
-    bench: f64,
-}
+struct CpuTime([f64; 3]);
 
 impl CpuTime {
+    const PARTIES: [&'static str; 3] = ["PostgreSQL", "server", "bench"];
+
     fn now(harness: &Harness) -> Self {
-        Self {
-            postgres: harness.postgres_cpu().unwrap_or(f64::NAN),
-            server: crate::procfs::cpu_seconds(harness.server.pid()).unwrap_or(f64::NAN),
-            bench: crate::procfs::own_cpu_seconds(),
-        }
+        Self([
+            harness.postgres_cpu().unwrap_or(f64::NAN),
+            crate::procfs::cpu_seconds(harness.server.pid()).unwrap_or(f64::NAN),
+            crate::procfs::own_cpu_seconds(),
+        ])
     }
 
     fn minus(self, earlier: Self) -> Self {
-        Self {
-            postgres: self.postgres - earlier.postgres,
-            server: self.server - earlier.server,
-            bench: self.bench - earlier.bench,
-        }
+        Self(std::array::from_fn(|p| self.0[p] - earlier.0[p]))
     }
 
     /// Seconds per commit, in µs.
     fn per(self, commits: u64) -> Self {
         let scale = 1e6 / commits.max(1) as f64;
-        Self {
-            postgres: self.postgres * scale,
-            server: self.server * scale,
-            bench: self.bench * scale,
-        }
+        Self(self.0.map(|seconds| seconds * scale))
     }
 
     /// Each party's median over the rounds.
     fn median(rounds: &[Self]) -> Self {
-        let of = |part: fn(&Self) -> f64| median(rounds.iter().map(part).collect());
-        Self {
-            postgres: of(|c| c.postgres),
-            server: of(|c| c.server),
-            bench: of(|c| c.bench),
-        }
+        Self(std::array::from_fn(|p| {
+            median(rounds.iter().map(|round| round.0[p]).collect())
+        }))
     }
 
+    /// "PostgreSQL 216, server 0, bench 42".
     fn per_commit_summary(&self) -> String {
-        format!(
-            "PostgreSQL {:.0}, server {:.0}, bench {:.0}",
-            self.postgres, self.server, self.bench
-        )
+        let parts = Self::PARTIES.iter().zip(self.0);
+        let parts: Vec<String> = parts
+            .map(|(party, us)| format!("{party} {us:.0}"))
+            .collect();
+        parts.join(", ")
     }
 }
 
@@ -415,8 +400,12 @@ fn report_bulk(times: &PerTable<[Vec<f64>; 2]>, report: &mut Report) {
 /// The median of `times[i] / baseline[i]`: repeat i measured both seconds
 /// apart.
 fn paired_ratio(times: &[f64], baseline: &[f64]) -> f64 {
-    let ratios: Vec<f64> = times.iter().zip(baseline).map(|(t, b)| t / b).collect();
-    median(ratios)
+    median(ratios(times, baseline))
+}
+
+/// `a[i] / b[i]` for each i: pairs measured seconds apart.
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
 
 /// One `rows`-row INSERT ... SELECT into `table` for fresh recipients, in
