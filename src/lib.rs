@@ -4,7 +4,7 @@
 //!
 //! How a notification travels, and where each step lives:
 //!
-//! - [`config`]: the command line (`serve`, `migrate`, `token`).
+//! - [`config`]: the command line (`serve`, `migrate`, `token`, `verify`).
 //! - [`embedded`]: the private PostgreSQL cluster used when no
 //!   `DATABASE_URL` is given.
 //! - [`db`]: the request pool and the migrations in `migrations/` - the
@@ -25,7 +25,9 @@
 //!   the demo page `/`, compiled in from `web/`.
 //! - [`metrics`]: counters and gauges, and `GET /metrics`.
 //! - [`openapi`]: `GET /openapi.json`, generated from the handlers.
-//! - [`audit`]: the hash chain's verifier (`tidings verify`, `/v1/audit/verify`).
+//! - [`audit`]: what auditors read: the hash chain's verifier (`tidings
+//!   verify`, `/v1/audit/verify`), the event log with its exports
+//!   (`/v1/audit/events`) and an inbox as it stood (`/v1/audit/inbox`).
 //! - [`auth`]: JWT verification; the only source of a recipient.
 //! - [`error`]: the one error type, rendered as RFC 9457 problem JSON.
 //! - [`app`]: shared state, the router, and the server's lifecycle.

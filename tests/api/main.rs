@@ -11,6 +11,7 @@ mod bad_input;
 mod bench_smoke;
 mod browser;
 mod cli;
+mod contract;
 mod delivery;
 mod examples;
 mod faults;

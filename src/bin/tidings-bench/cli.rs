@@ -105,7 +105,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct Sizes {
-    /// Streams to open [latency 1000, fanout 1000, capacity 18000, storm 10000].
+    /// Streams to open [latency 1000, fanout 10000, capacity 18000, storm 10000].
     #[arg(long)]
     pub streams: Option<usize>,
 
