@@ -12,9 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use axum_extra::extract::CookieJar;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::de::value::{Error as ValueError, StrDeserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::Role;
 use crate::error::AppError;
@@ -24,8 +26,48 @@ use crate::error::AppError;
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "known_roles"
+    )]
     pub roles: Vec<Role>,
+}
+
+/// The roles tidings knows, out of a `roles` claim. Identity providers put
+/// their own roles there too (`admin`, say); refusing the whole token for
+/// them would lock those users out of their own inbox, and ignoring them
+/// grants nothing.
+fn known_roles<'de, D: Deserializer<'de>>(claim: D) -> Result<Vec<Role>, D::Error> {
+    let names = Option::<Vec<String>>::deserialize(claim)?.unwrap_or_default();
+    Ok(names
+        .into_iter()
+        .filter_map(|name| Role::deserialize(StrDeserializer::<ValueError>::new(&name)).ok())
+        .collect())
+}
+
+/// Longest recipient, in characters (Unicode scalar values, as JSON
+/// Schema's `maxLength` counts them). The database must index it (entries
+/// of at most about 2700 bytes: four bytes a character) and NOTIFY it
+/// JSON-escaped (payloads of at most 8000 bytes: six bytes for a control
+/// character).
+pub const MAX_RECIPIENT_CHARS: usize = 512;
+
+/// Why `recipient` (a token's `sub`, or a published notification's
+/// `recipient`) is one the database cannot hold, if it is: both must obey
+/// the same rule, or a recipient could be published to and never read.
+pub fn recipient_problem(recipient: &str) -> Option<String> {
+    if recipient.is_empty() {
+        Some("must not be empty".into())
+    } else if recipient.contains('\0') {
+        Some("cannot hold U+0000, which PostgreSQL text cannot store".into())
+    } else if recipient.chars().count() > MAX_RECIPIENT_CHARS {
+        Some(format!(
+            "must be at most {MAX_RECIPIENT_CHARS} characters long"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Signs and verifies tokens with the configured secret.
@@ -40,6 +82,9 @@ impl Keys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // The SPEC names no audience, and jsonwebtoken refuses every token
+        // with an `aud` unless one is configured: many issuers add one.
+        validation.validate_aud = false;
         validation.leeway = 5;
         Self {
             encoding: Arc::new(EncodingKey::from_secret(secret)),
@@ -50,6 +95,11 @@ impl Keys {
 
     /// A token for `sub`, valid for `ttl` from now.
     pub fn issue(&self, sub: &str, roles: &[Role], ttl: Duration) -> Result<String, AppError> {
+        if let Some(problem) = recipient_problem(sub) {
+            return Err(AppError::BadRequest(format!(
+                "cannot sign token: sub {problem}"
+            )));
+        }
         let claims = Claims {
             sub: sub.to_owned(),
             exp: unix_now().saturating_add(ttl.as_secs()),
@@ -62,8 +112,12 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AppError::Unauthorized(format!("invalid token: {e}")))?;
-        if data.claims.sub.is_empty() {
-            return Err(AppError::Unauthorized("invalid token: empty sub".into()));
+        // A `sub` the database cannot hold would fail every query later,
+        // and a stream would retry its registration for good.
+        if let Some(problem) = recipient_problem(&data.claims.sub) {
+            return Err(AppError::Unauthorized(format!(
+                "invalid token: sub {problem}"
+            )));
         }
         Ok(data.claims)
     }
@@ -105,7 +159,7 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = token_from(parts)?
+        let token = token_from(parts)
             .ok_or_else(|| AppError::Unauthorized("a token is required".into()))?;
         let claims = Keys::from_ref(state).verify(&token)?;
         Ok(Caller {
@@ -118,20 +172,25 @@ where
 /// The token, from the first of: `Authorization: Bearer`, the `access_token`
 /// query parameter (EventSource cannot set headers), the `tidings_token`
 /// cookie.
-fn token_from(parts: &Parts) -> Result<Option<String>, AppError> {
-    if let Some(value) = parts.headers.get(AUTHORIZATION) {
-        let value = value.to_str().unwrap_or_default();
-        return match value.strip_prefix("Bearer ") {
-            Some(token) => Ok(Some(token.trim().to_owned())),
-            None => Err(AppError::Unauthorized(
-                "the Authorization header must be `Bearer <token>`".into(),
-            )),
-        };
-    }
-    if let Some(token) = query_param(parts.uri.query().unwrap_or(""), "access_token") {
-        return Ok(Some(token));
-    }
-    Ok(cookie(parts, "tidings_token"))
+fn token_from(parts: &Parts) -> Option<String> {
+    bearer_token(&parts.headers)
+        .or_else(|| query_param(parts.uri.query().unwrap_or(""), "access_token"))
+        .or_else(|| cookie(parts, "tidings_token"))
+}
+
+/// The credentials of an `Authorization` header whose scheme is Bearer
+/// (case-insensitive, RFC 7235), even empty or garbled ones: those must be
+/// refused, not skipped for a token further down. Other schemes are not
+/// ours - browsers behind a basic-auth proxy send `Basic` by themselves.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, credentials) = match value.iter().position(|&b| b == b' ') {
+        Some(space) => value.split_at(space),
+        None => (value, &[][..]),
+    };
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| String::from_utf8_lossy(credentials).trim().to_owned())
 }
 
 /// The decoded value of `name` in a query string.

@@ -1,10 +1,13 @@
-//! Config: the command line. One clap struct per subcommand; every flag can
-//! also be set from the environment variable named in `--help`, and the doc
-//! comments below *are* that help text.
+//! Config: the command line. One clap struct per subcommand; every flag of
+//! `serve`, and the database flags of every subcommand, can also be set from
+//! the environment variable named in `--help` (`token` and `verify` take
+//! their own flags on the command line only), and the doc comments below
+//! *are* that help text.
 //!
 //! Owns parsing and defaults only; it must never open files or connections.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -51,6 +54,7 @@ pub struct DatabaseArgs {
     /// Most database connections tidings opens for queries: one is the
     /// hub's (it fetches new events for all streams), the rest serve
     /// requests. The LISTEN connection comes on top of these. At least 2.
+    /// (`migrate` and `verify` use a single connection.)
     #[arg(long, env = "TIDINGS_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(2..))]
     pub db_pool_size: u32,
@@ -71,7 +75,8 @@ pub struct ServeArgs {
     pub jwt_secret: Option<String>,
 
     /// How often an idle stream gets a comment line, so proxies keep it open.
-    #[arg(long, env = "TIDINGS_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    /// Between 1ms and 24h.
+    #[arg(long, env = "TIDINGS_HEARTBEAT", default_value = "15s", value_parser = interval)]
     pub heartbeat: Duration,
 
     /// The reconnect delay suggested to browsers in the stream's `retry:` field.
@@ -81,13 +86,14 @@ pub struct ServeArgs {
     /// How often the service checks, through the LISTEN connection itself,
     /// that hints still arrive; a check unanswered for this long again makes
     /// it rebuild the connection (and catch every stream up from the table).
-    #[arg(long, env = "TIDINGS_LISTENER_CHECK", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// Between 1ms and 24h.
+    #[arg(long, env = "TIDINGS_LISTENER_CHECK", default_value = "5s", value_parser = interval)]
     pub listener_check: Duration,
 
     /// How often every recipient with an open stream is compared with the
     /// table even without a hint: the bound on delivery delay should a hint
-    /// ever be lost.
-    #[arg(long, env = "TIDINGS_SWEEP_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    /// ever be lost. Between 1ms and 24h.
+    #[arg(long, env = "TIDINGS_SWEEP_INTERVAL", default_value = "30s", value_parser = interval)]
     pub sweep_interval: Duration,
 
     /// How long a hint lease lasts: while a stream is open here, appends
@@ -184,15 +190,32 @@ pub enum Role {
     Auditor,
 }
 
+/// `--heartbeat`, `--listener-check`, `--sweep-interval`: a duration from
+/// 1ms to 24h. Timers tick at millisecond resolution, so anything shorter
+/// would spin (zero makes tokio's `interval` panic); anything much longer
+/// overflows clock arithmetic and panics, and means "never" in all but name.
+fn interval(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_millis(1)..=DAY, "1ms and 24h")
+}
+
 /// `--hint-lease`: a duration from 1s to 24h. Shorter would renew as busy
 /// work; longer leaves a stopped instance's leases NOTIFYing for a day,
 /// and overflows clock arithmetic long before the database objects.
 fn lease_length(text: &str) -> Result<Duration, String> {
+    duration_within(text, Duration::from_secs(1)..=DAY, "1s and 24h")
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn duration_within(
+    text: &str,
+    allowed: RangeInclusive<Duration>,
+    bounds: &str,
+) -> Result<Duration, String> {
     let length = humantime::parse_duration(text).map_err(|error| error.to_string())?;
-    let allowed = Duration::from_secs(1)..=Duration::from_secs(24 * 60 * 60);
     if allowed.contains(&length) {
         Ok(length)
     } else {
-        Err("must be between 1s and 24h".into())
+        Err(format!("must be between {bounds}"))
     }
 }

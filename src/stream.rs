@@ -11,6 +11,9 @@
 //! Once the response has started, nothing here turns a database problem
 //! into an HTTP error (a browser's EventSource gives up for good on a
 //! non-200): the stream waits and retries, and heartbeats keep flowing.
+//! The exception is a database that refuses the recipient itself, which no
+//! retry can change: that is an error response, and a stream that meets it
+//! after answering 200 ends, so that the client's reconnect gets one.
 //!
 //! The body is written from each event's pre-rendered frame (see `events`)
 //! rather than through axum's `Sse`, which re-encodes every event for every
@@ -95,12 +98,7 @@ async fn stream(
     let slot = state
         .slots
         .take(&caller.recipient, state.streams.max_per_recipient)?;
-    // "Live from now on" should mean from this request, not from whenever
-    // the client starts reading: register now if the database answers soon.
-    let registered = tokio::time::timeout(OPEN_TIMEOUT, register(&state, &caller.recipient))
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let registered = open(&state, &caller.recipient).await?;
     let frames = follow(state.clone(), caller.recipient, position, registered, slot);
     let body = Body::from_stream(Heartbeat::new(frames, state.streams.heartbeat));
     let headers = [
@@ -113,6 +111,27 @@ async fn stream(
         ),
     ];
     Ok((headers, body).into_response())
+}
+
+/// Registers before answering if the database answers within
+/// [`OPEN_TIMEOUT`]: "live from now on" should mean from this request, not
+/// from whenever the client starts reading. A slow or unreachable database
+/// is `None` (the stream registers later, on its own); a refusal is an
+/// error, as a 200 would only retry it for good.
+async fn open(state: &AppState, recipient: &str) -> Result<Option<(i64, Subscription)>, AppError> {
+    match tokio::time::timeout(OPEN_TIMEOUT, register(state, recipient)).await {
+        Ok(Ok(registered)) => Ok(Some(registered)),
+        Ok(Err(error)) => match refusal(&error) {
+            Some(code) => {
+                tracing::warn!(%error, "the database refuses a stream's recipient");
+                Err(AppError::BadRequest(format!(
+                    "the database refuses this token's recipient (SQLSTATE {code})"
+                )))
+            }
+            None => Ok(None),
+        },
+        Err(_) => Ok(None),
+    }
 }
 
 /// Writes a comment line whenever the stream has been quiet for `every`, so
@@ -208,7 +227,10 @@ fn follow(
         yield Bytes::from(format!("retry: {}\n\n", state.streams.retry.as_millis()));
         let registered = match registered {
             Some(registered) => Some(registered),
-            None => Box::pin(retry_until_shutdown(&state, || register(&state, &recipient))).await,
+            None => {
+                let attempt = || register_unless_refused(&state, &recipient);
+                Box::pin(retry_until_shutdown(&state, attempt)).await.flatten()
+            }
         };
         let Some((latest, mut subscription)) = registered else { return };
         let (mut cursor, reset) = Cursor::start(position, latest);
@@ -369,6 +391,35 @@ impl Cursor {
 async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscription), sqlx::Error> {
     let latest = state.leases.position(recipient).await?;
     Ok((latest, state.hub.subscribe(recipient, latest)))
+}
+
+/// [`register`], for a stream that has answered 200 already: a refusal is
+/// `None`, which ends the stream instead of retrying it for good; the
+/// client's reconnect then meets it in [`open`], as an error response.
+async fn register_unless_refused(
+    state: &AppState,
+    recipient: &str,
+) -> Result<Option<(i64, Subscription)>, sqlx::Error> {
+    match register(state, recipient).await {
+        Err(error) if refusal(&error).is_some() => {
+            tracing::warn!(%error, "the database refuses a stream's recipient; ending it");
+            Ok(None)
+        }
+        result => result.map(Some),
+    }
+}
+
+/// The SQLSTATE of an error that retrying cannot clear: the database
+/// refusing a value (class 22, data exception; 23, integrity constraint;
+/// 54, program limit - a recipient too long to index, say). Anything else
+/// may pass (a lost connection, a busy pool, a failover's read-only
+/// moment), and a stream that gave up on it would lose its browser for good.
+fn refusal(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(refused) = error else {
+        return None;
+    };
+    let code = refused.code()?;
+    matches!(code.get(..2), Some("22" | "23" | "54")).then(|| code.into_owned())
 }
 
 /// One page of history after `sent`, waiting for a catch-up slot first so a
