@@ -26,6 +26,13 @@ pub enum AppError {
     Conflict(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// The path exists, the method does not; the router adds `Allow`.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A deliberate, expected refusal (still starting, at a limit): a 503
+    /// to retry later, with no cause worth logging.
+    #[error("{0}")]
+    Busy(String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -41,7 +48,8 @@ impl AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,7 +63,8 @@ impl AppError {
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
             Self::TooManyRequests(_) => "too-many-streams",
-            Self::Unavailable(_) => "unavailable",
+            Self::MethodNotAllowed(_) => "method-not-allowed",
+            Self::Busy(_) | Self::Unavailable(_) => "unavailable",
             Self::Database(_) => "internal",
         }
     }
@@ -82,10 +91,16 @@ impl From<sqlx::Error> for AppError {
 }
 
 /// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
-/// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape) and values too
-/// large to index (54000, say a recipient of many kilobytes).
+/// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
+/// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
+/// large to index (54000, say a recipient of many kilobytes) and rows the
+/// schema refuses (23514, such as a payload that prints larger than I10
+/// allows, migration 0010).
 fn is_unstorable_input(code: Option<&str>) -> bool {
-    matches!(code, Some("22021" | "22P05" | "22P02" | "54000"))
+    matches!(
+        code,
+        Some("22021" | "22P05" | "22P02" | "22003" | "54000" | "23514")
+    )
 }
 
 /// RFC 9457 `application/problem+json`: what every 4xx and 5xx carries.
@@ -143,13 +158,17 @@ pub mod problems {
         TooManyStreams,
         "This recipient already has as many streams open here as allowed."
     );
-    problem_response!(Unavailable, "The database is unreachable; retry later.");
+    problem_response!(
+        Unavailable,
+        "The database is unreachable, tidings could not start, or (audit exports) \
+         as many exports run as allowed; retry later."
+    );
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, Self::Busy(_)) {
             tracing::error!(error = %cause_chain(&self), "request failed");
         }
         let problem = Problem {

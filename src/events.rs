@@ -8,6 +8,7 @@
 //! `Row::render`, so the bytes are the same. It must never write: the log is
 //! appended to by SQL clients and by the inbox only.
 
+use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use sqlx::types::Json;
 use sqlx::PgPool;
+use tokio::task::{JoinError, JoinHandle};
 
 /// One event ready to send: what a stream needs, nothing more.
 #[derive(Debug)]
@@ -352,12 +354,30 @@ pub async fn page(
     // replay of a million rows. A fresh task has no current span. The
     // query's own log lines lose the request id; the stream's keep it.
     let (pool, recipient) = (pool.clone(), recipient.to_owned());
-    let read = tokio::spawn(async move { render_page(&pool, &recipient, after, limit).await });
+    let read = on_own_task(async move { render_page(&pool, &recipient, after, limit).await });
     match read.await {
         Ok(page) => page,
         Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
         Err(_cancelled) => Err(sqlx::Error::WorkerCrashed), // the runtime is shutting down
     }
+}
+
+/// Runs `work` on a task of its own that ends when the returned future is
+/// dropped. A stream whose client leaves drops its page read, and with it
+/// the catch-up slot it holds (`stream::read_page`); a task left running
+/// would go on querying and rendering up to a page outside the slots'
+/// limit - a reconnect storm's abandoned replays would pile up unbounded.
+async fn on_own_task<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T, JoinError> {
+    struct AbortOnDrop<T>(JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort(); // no-op once the task has finished
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(work));
+    (&mut task.0).await
 }
 
 async fn render_page(
@@ -414,6 +434,27 @@ mod tests {
     fn at(year: i32, month: u32, day: u32, h: u32, m: u32, s: u32) -> Result<DateTime<Utc>> {
         let time = Utc.with_ymd_and_hms(year, month, day, h, m, s).single();
         time.context("a valid instant")
+    }
+
+    #[tokio::test]
+    async fn a_page_read_ends_when_its_stream_lets_go_of_it() -> Result<()> {
+        // The work holds `held` until it ends; `ended` learns when it does.
+        let (held, ended) = tokio::sync::oneshot::channel::<()>();
+        let mut read = Box::pin(on_own_task(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        }));
+        let running = tokio::time::timeout(std::time::Duration::from_millis(50), &mut read).await;
+        assert!(running.is_err(), "the work is running");
+
+        drop(read);
+
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), ended).await;
+        assert!(
+            waited.is_ok_and(|ended| ended.is_err()),
+            "the work ended with its reader"
+        );
+        Ok(())
     }
 
     #[test]

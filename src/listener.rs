@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::time::{sleep, timeout};
@@ -46,7 +47,7 @@ impl Health {
 pub struct Listener {
     /// Connection options for the LISTEN session (its own application_name).
     pub options: PgConnectOptions,
-    /// The request pool, used to send the echo checks.
+    /// The request pool, used to send the echo checks (see [`Check`]).
     pub pool: PgPool,
     pub hub: Hub,
     /// Forgotten at every (re)connect: the database may have restarted.
@@ -112,42 +113,103 @@ impl Listener {
         self.leases.forget_all();
         tracing::info!("listening for hints");
 
-        let mut check = tokio::time::interval(self.check_every);
-        check.tick().await; // the first tick is immediate
-        let mut awaiting: Option<String> = None;
+        let mut ticks = tokio::time::interval(self.check_every);
+        ticks.tick().await; // the first tick is immediate
+        let mut check = Check::default();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 received = listener.try_recv() => match received? {
-                    Some(hint) if awaiting.as_deref() == Some(hint.payload()) => {
-                        awaiting = None;
-                    }
+                    Some(hint) if check.is_echo(hint.payload()) => {}
                     Some(hint) => self.hub.hint(hint.payload()),
                     // sqlx would reconnect by itself; we want to know.
                     None => return Err(SessionEnded::Lost),
                 },
-                _ = check.tick() => {
-                    if awaiting.is_some() {
+                sent = check.sent() => check.settle(sent),
+                _ = ticks.tick() => {
+                    if check.went_unanswered(self.check_every / 2) {
                         return Err(SessionEnded::Deaf(self.check_every));
                     }
-                    let token = format!("check:{}", uuid::Uuid::new_v4());
-                    self.send_check(&token).await;
-                    awaiting = Some(token);
+                    check.start(&self.pool);
                 }
             }
         }
     }
+}
 
-    /// NOTIFY ourselves through the request pool. If that fails the database
-    /// is probably down; the missing echo then ends the session.
-    async fn send_check(&self, token: &str) {
-        let sent = timeout(
-            DB_TIMEOUT,
-            sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, token).execute(&self.pool),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(_))) {
-            tracing::debug!("could not send the listener check");
+/// The periodic check that the session still hears: a NOTIFY to ourselves
+/// through the request pool, and its echo. The send runs alongside the
+/// session, never in its way: waiting for a busy pool must not stop hints
+/// being read, nor count as deafness - a session rebuilt means every
+/// stream compared with the table, more load just when there is too much.
+#[derive(Default)]
+struct Check {
+    /// The echo awaited. Set as the send starts: the echo can come back
+    /// before the send's own reply does.
+    token: Option<String>,
+    /// The send, while it runs.
+    sending: Option<BoxFuture<'static, bool>>,
+    /// When the last send went out.
+    sent_at: Option<Instant>,
+}
+
+impl Check {
+    /// Sends a new check, unless one is still being sent.
+    fn start(&mut self, pool: &PgPool) {
+        if self.sending.is_none() {
+            let token = format!("check:{}", uuid::Uuid::new_v4());
+            self.sending = Some(Box::pin(send_check(pool.clone(), token.clone())));
+            self.token = Some(token);
         }
     }
+
+    /// Whether the last check went out at least `grace` ago and nothing
+    /// came back: deaf. (The echo leaves at the send's commit, before its
+    /// reply; `grace` is for a send that ended just before this tick.)
+    fn went_unanswered(&self, grace: Duration) -> bool {
+        self.sending.is_none()
+            && self.token.is_some()
+            && self.sent_at.is_some_and(|at| at.elapsed() >= grace)
+    }
+
+    fn is_echo(&mut self, payload: &str) -> bool {
+        let echo = self.token.as_deref() == Some(payload);
+        if echo {
+            self.token = None;
+        }
+        echo
+    }
+
+    /// The send's outcome, once it has one; never, while none runs.
+    async fn sent(&mut self) -> bool {
+        match self.sending.as_mut() {
+            Some(send) => send.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A check that could not be sent expects no echo: the next tick tries
+    /// again. (If the database is gone, the session notices on its own.)
+    fn settle(&mut self, sent: bool) {
+        self.sending = None;
+        if sent {
+            self.sent_at = Some(Instant::now());
+        } else {
+            self.token = None;
+        }
+    }
+}
+
+/// NOTIFY ourselves through the request pool; whether it went out.
+async fn send_check(pool: PgPool, token: String) -> bool {
+    let sent = timeout(
+        DB_TIMEOUT,
+        sqlx::query!("SELECT pg_notify($1, $2)", CHANNEL, token).execute(&pool),
+    )
+    .await;
+    let sent = matches!(sent, Ok(Ok(_)));
+    if !sent {
+        tracing::debug!("could not send the listener check; trying again at the next");
+    }
+    sent
 }
