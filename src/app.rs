@@ -1,6 +1,8 @@
 //! The app: shared state, the router assembled from each feature's
 //! `router()`, and [`serve`], which runs the HTTP server with its background
 //! tasks (hub fetcher, LISTEN session, lease renewal, sweep) until shutdown.
+//! Also what every path and method the router does not know gets: a
+//! problem document, like every other failure.
 //!
 //! Owns lifecycle only. It must never hold feature logic: handlers live with
 //! their feature.
@@ -8,19 +10,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::FromRef;
-use axum::http::{HeaderName, HeaderValue, Method};
+use axum::extract::{FromRef, Request};
+use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::{Extension, Router};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::audit::Exports;
 use crate::auth::Keys;
+use crate::error::AppError;
 use crate::hub::Hub;
 use crate::lease::Leases;
 use crate::listener::{Health, Listener};
@@ -53,6 +58,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// See [`Settings::demo_mode`].
     pub demo_mode: bool,
+    /// Bounds the audit exports running at once, and how long each may wait
+    /// for a client that stopped reading.
+    pub exports: Exports,
 }
 
 impl FromRef<AppState> for Keys {
@@ -84,6 +92,12 @@ pub struct Settings {
     pub cors_origins: Vec<HeaderValue>,
     /// Largest request head accepted; see `http`.
     pub max_request_head: usize,
+    /// How long a client may take to send a request head, and how long an
+    /// idle connection stays open; see `http`.
+    pub header_read_timeout: Duration,
+    /// How long an audit export waits for a client that stopped reading
+    /// before it ends the export (and frees its database connection).
+    pub export_stall_timeout: Duration,
     /// Started without a configured secret: the demo page offers its
     /// publish form (the logged demo token may publish).
     pub demo_mode: bool,
@@ -97,22 +111,65 @@ pub enum ServeError {
     Http(#[from] std::io::Error),
 }
 
-/// Applies migrations, then serves on `listener` until `shutdown` is
-/// cancelled; open streams end cleanly so clients reconnect and resume.
+/// Serves on `listener` until `shutdown` is cancelled: at once the health
+/// probes (alive, not ready), and everything else once the database is
+/// reachable and migrated. Open streams end cleanly on shutdown so clients
+/// reconnect and resume.
 pub async fn serve(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let (app, started_app) = watch::channel(None);
+    let serving = http::serve(
+        listener,
+        switching(started_app),
+        settings.max_request_head,
+        settings.header_read_timeout,
+        shutdown.clone(),
+    );
+    let (_, started) = tokio::join!(serving, start(&settings, app, &shutdown));
+    shutdown.cancel();
+    for task in started? {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Waits for the database and migrates it, then puts the whole app in
+/// place of the probes and starts the background tasks. A failure stops
+/// the server, which is serving the probes meanwhile; dropping `app`
+/// unset answers the requests waiting for it.
+async fn start(
+    settings: &Settings,
+    app: watch::Sender<Option<Router>>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
     // The hub's connection is one of `pool_size`; requests get the rest.
     let pool = db::pool(
         settings.database.clone().application_name("tidings"),
         settings.pool_size.saturating_sub(1),
     );
+    if let Err(error) = migrate_when_reachable(&pool, shutdown).await {
+        shutdown.cancel();
+        return Err(error);
+    }
+    if shutdown.is_cancelled() {
+        return Ok(Vec::new());
+    }
+    let state = state(settings, pool, shutdown);
+    let background = spawn_background(&state, settings);
+    app.send_replace(Some(router(state, &settings.cors_origins)));
+    Ok(background)
+}
+
+fn state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> AppState {
     let hub_pool = db::hub_pool(settings.database.clone().application_name("tidings-hub"));
-    migrate_when_reachable(&pool, &shutdown).await?;
     let metrics = Arc::new(Metrics::new());
-    let state = AppState {
+    // Each export holds a request-pool connection throughout: a quarter of
+    // the pool at most, so exports never starve requests and streams.
+    let exports = (settings.pool_size.saturating_sub(1) / 4).max(1) as usize;
+    AppState {
         hub: Hub::new(hub_pool, metrics.clone()),
         leases: Leases::new(pool.clone(), settings.hint_lease),
         metrics,
@@ -123,16 +180,53 @@ pub async fn serve(
         slots: StreamSlots::default(),
         shutdown: shutdown.clone(),
         demo_mode: settings.demo_mode,
+        exports: Exports::new(exports, settings.export_stall_timeout),
         pool,
-    };
-    let background = spawn_background(&state, &settings);
-    let app = router(state, &settings.cors_origins);
-    http::serve(listener, app, settings.max_request_head, shutdown.clone()).await;
-    shutdown.cancel();
-    for task in background {
-        let _ = task.await;
     }
-    Ok(())
+}
+
+/// What the server answers with: `app` once it is there. Until then the
+/// probes answer at once (`/healthz` alive, `/readyz` not ready), and every
+/// other request waits for the app, as it did in the socket's backlog
+/// before the port was served this early: an EventSource gives up for good
+/// on any answer but 200, so a browser reconnecting while tidings restarts
+/// must not get a 503. Chosen per request, so that a connection opened
+/// during the start gets the whole app afterwards.
+fn switching(app: watch::Receiver<Option<Router>>) -> Router {
+    let starting = health::while_starting().fallback(not_started);
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let (mut app, starting) = (app.clone(), starting.clone());
+        async move {
+            let started = app.borrow().clone();
+            let router = match started {
+                Some(router) => router,
+                None if health::is_probe(request.uri().path()) => starting,
+                // An error: the start failed or was cancelled.
+                None => match app.wait_for(Option::is_some).await {
+                    Ok(started) => started.clone().unwrap_or(starting),
+                    Err(_) => starting,
+                },
+            };
+            router.oneshot(request).await
+        }
+    }))
+}
+
+/// For requests still waiting when the start fails or shutdown cancels it.
+async fn not_started() -> AppError {
+    AppError::Busy("tidings did not start: its database is unreachable or it is stopping".into())
+}
+
+async fn no_such_path(uri: Uri) -> AppError {
+    AppError::NotFound(format!("no endpoint at {}", uri.path()))
+}
+
+/// axum adds the `Allow` header to what this returns.
+async fn no_such_method(method: Method, uri: Uri) -> AppError {
+    AppError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; Allow lists the methods that are",
+        uri.path()
+    ))
 }
 
 /// A database still starting (say, in the same compose file) is waited
@@ -233,10 +327,19 @@ pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
         .merge(web::router())
         .split_for_parts();
     let mut app = routes
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(no_such_method)
         .with_state(state)
         .layer(Extension(Document::new(&api)))
         .layer(count_requests)
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // No `on_failure`: a 5xx is logged once, with its cause, where it is
+        // made (`AppError`); the layer's own line would repeat it without
+        // the cause, and log every failing `/readyz` probe as an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(()),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
     if !cors_origins.is_empty() {

@@ -2,12 +2,15 @@
 //! deliver: the database answers and the LISTEN session is up).
 //!
 //! Must stay cheap and must never wait long: probes call it every few seconds.
+//! Both answer from the moment the port is bound, before the database is
+//! reachable and migrated (see [`while_starting`]).
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,6 +21,20 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(alive))
         .routes(routes!(ready))
+}
+
+/// The probes while the app waits for its database and migrations: alive,
+/// and not ready (nothing else can answer yet).
+pub fn while_starting() -> Router {
+    Router::new()
+        .route("/healthz", get(alive))
+        .route("/readyz", get(starting))
+}
+
+/// Whether `path` is one of [`while_starting`]'s: the requests that need
+/// no database to answer.
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
 }
 
 #[derive(Serialize, ToSchema)]
@@ -70,4 +87,13 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         listener: up(listener),
     };
     (status, Json(body))
+}
+
+async fn starting() -> (StatusCode, Json<Readiness>) {
+    let body = Readiness {
+        ready: false,
+        database: "down",
+        listener: "down",
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

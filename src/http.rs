@@ -13,14 +13,21 @@
 //! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, one task per
 //! connection, graceful shutdown.
 //!
+//! Unlike `axum::serve`, no connection can be held open by a client that
+//! sends nothing or sends its request head slowly (slowloris): see
+//! [`serve`]'s `header_read_timeout`. Draining on shutdown is bounded too.
+//!
 //! It must never know about routes or features.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -28,17 +35,40 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// The default for `header_read_timeout`. hyper uses one timer for a
+/// request head and for an idle keep-alive connection awaiting the next one,
+/// so this is also how long an idle connection stays open: longer than the
+/// 60 s after which nginx and AWS load balancers drop their idle upstream
+/// connections, so that the proxy, not tidings, closes one first and never
+/// sends a request on a connection tidings is closing.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// How long shutdown waits for open connections (a slow reader of a large
+/// response, say) before it drops them: streams end at once on shutdown, so
+/// only a client that stopped reading is still there by then.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
 /// Serves `app` on `listener` until `shutdown` is cancelled, then waits for
-/// open connections to finish (streams end on the same signal).
+/// open connections to finish (streams end on the same signal), for at most
+/// [`DRAIN_DEADLINE`].
+///
+/// A connection must deliver each request head within `header_read_timeout`
+/// of being ready for it (see [`HEADER_READ_TIMEOUT`]); once a response is
+/// under way (a stream, for hours) the timer does not run.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     max_request_head: usize,
+    header_read_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
     // hyper panics below its minimum; config enforces it, this makes sure.
-    builder.http1().max_buf_size(max_request_head.max(8192));
+    builder
+        .http1()
+        .max_buf_size(max_request_head.max(8192))
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     let connections = GracefulShutdown::new();
     loop {
         let socket = tokio::select! {
@@ -48,20 +78,54 @@ pub async fn serve(
         match socket {
             Ok((socket, _)) => {
                 let _ = socket.set_nodelay(true);
-                let service = app
-                    .clone()
-                    .map_request(|request: Request<Incoming>| request.map(axum::body::Body::new));
+                let first_request = Arc::new(AtomicBool::new(false));
+                let service = app.clone().map_request({
+                    let first_request = first_request.clone();
+                    move |request: Request<Incoming>| {
+                        first_request.store(true, Ordering::Relaxed);
+                        request.map(axum::body::Body::new)
+                    }
+                });
                 let connection = builder.serve_connection_with_upgrades(
                     TokioIo::new(socket),
                     TowerToHyperService::new(service),
                 );
                 let connection = connections.watch(connection.into_owned());
-                tokio::spawn(connection);
+                tokio::spawn(within_first_request_deadline(
+                    connection,
+                    first_request,
+                    header_read_timeout,
+                ));
             }
             Err(error) => wait_after_accept_error(error).await,
         }
     }
-    connections.shutdown().await;
+    if tokio::time::timeout(DRAIN_DEADLINE, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN_DEADLINE:?}; dropping them");
+    }
+}
+
+/// Drops `connection` if no request has come through it `deadline` after
+/// accepting it. hyper's header timer only starts once hyper-util has told
+/// HTTP/1 from HTTP/2, which waits for the client's first bytes without a
+/// limit (and for HTTP/2, hyper has no such timer at all).
+async fn within_first_request_deadline<C: Future>(
+    connection: C,
+    first_request: Arc<AtomicBool>,
+    deadline: Duration,
+) {
+    tokio::pin!(connection);
+    if tokio::time::timeout(deadline, &mut connection)
+        .await
+        .is_ok()
+        || !first_request.load(Ordering::Relaxed)
+    {
+        return;
+    }
+    connection.await;
 }
 
 /// Out of file descriptors, say: accepting again at once would spin, so

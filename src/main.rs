@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -76,11 +77,15 @@ fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
-    let jwt_secret = jwt_secret(&args)?;
+    let (jwt_secret, demo_token) = jwt_secret(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!("serving on http://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    tracing::info!("serving on http://{address}");
+    if let Some(token) = demo_token {
+        log_demo_links(address, &token);
+    }
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -98,6 +103,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         hint_lease: args.hint_lease,
         catch_up_concurrency: args.catch_up_concurrency,
         max_request_head: args.max_request_head as usize,
+        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
+        export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
         cors_origins: cors_origins(&args.cors_origins)?,
         demo_mode: args.jwt_secret.is_none(),
     };
@@ -112,10 +119,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 /// The configured secret, or a random one for this process plus a demo
-/// link whose token may also publish, for the demo page's form.
-fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
+/// token that may also publish, for the demo page's form.
+fn jwt_secret(args: &ServeArgs) -> Result<(Vec<u8>, Option<String>)> {
     if let Some(secret) = &args.jwt_secret {
-        return Ok(secret.as_bytes().to_vec());
+        return Ok((secret.as_bytes().to_vec(), None));
     }
     let secret = format!(
         "{}{}",
@@ -130,12 +137,20 @@ fn jwt_secret(args: &ServeArgs) -> Result<Vec<u8>> {
     tracing::warn!(
         "no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only"
     );
+    Ok((secret.into_bytes(), Some(token)))
+}
+
+/// The demo links, with the address actually bound (`--listen` may say
+/// port 0), and a name a browser can open when it is a wildcard address.
+fn log_demo_links(address: SocketAddr, token: &str) {
+    let host = if address.ip().is_unspecified() {
+        format!("localhost:{}", address.port())
+    } else {
+        address.to_string()
+    };
     tracing::info!(
-        "demo recipient `demo`: open http://{}/?access_token={token} or stream with: curl -N 'http://{}/v1/stream?access_token={token}'",
-        args.listen,
-        args.listen
+        "demo recipient `demo`: open http://{host}/?access_token={token} or stream with: curl -N 'http://{host}/v1/stream?access_token={token}'"
     );
-    Ok(secret.into_bytes())
 }
 
 fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>> {

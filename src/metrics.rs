@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -183,7 +184,7 @@ pub async fn count_requests(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_owned();
     let response = next.run(request).await;
     let labels = HttpLabels {
         route,
@@ -192,6 +193,23 @@ pub async fn count_requests(
     };
     metrics.http_requests.get_or_create(&labels).inc();
     response
+}
+
+/// The method as a label: any token is a valid method, so a client could
+/// otherwise add a series per made-up method, unauthenticated, forever.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::CONNECT => "CONNECT",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
 }
 
 /// Holds a gauge up for as long as it lives (a stream, a history read).

@@ -26,7 +26,10 @@ use crate::error::{problems, Problem};
         title = "tidings",
         description = "Notifications that backend apps append with a plain SQL INSERT, \
             pushed to browsers over Server-Sent Events, resumable from any position \
-            without loss or duplication. Errors are RFC 9457 problem documents.",
+            without loss or duplication. Errors are RFC 9457 problem documents, \
+            including a 404 for an unknown path, a 405 (with `Allow`) for a method \
+            a path does not take, and a 503 for every path but the probes while \
+            tidings waits for its database at start.",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     modifiers(&Authentication),

@@ -2,24 +2,23 @@
 //! filters on recipient, kind, type and time. JSON pages with a keyset
 //! cursor by default; with `Accept: application/x-ndjson` or `text/csv`,
 //! the whole result streamed from one consistent snapshot, in constant
-//! memory however many rows match.
+//! memory however many rows match (see [`super::export`]).
 //!
 //! The SQL names only the filters given, so each query can use the index
 //! that fits it (a generic `$1 IS NULL OR ...` plan cannot).
 
-use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::header::ACCEPT;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json as SqlJson;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
+use super::export::{self, Export};
 use super::{limit_param, time_param};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -258,10 +257,10 @@ pub(super) async fn events(
         .and_then(|a| a.to_str().ok())
         .unwrap_or_default();
     if accept.contains("application/x-ndjson") {
-        return Ok(export(state.pool, filters, Format::Ndjson));
+        return export::run(&state.exports, state.pool, ndjson_export(&filters)).await;
     }
     if accept.contains("text/csv") {
-        return Ok(export(state.pool, filters, Format::Csv));
+        return export::run(&state.exports, state.pool, csv_export(&filters)).await;
     }
     Ok(Json(page(&state.pool, &filters, limit).await?).into_response())
 }
@@ -276,55 +275,34 @@ async fn page(pool: &PgPool, filters: &Filters, limit: i64) -> Result<Page, sqlx
     Ok(Page { items, next })
 }
 
-#[derive(Clone, Copy)]
-enum Format {
-    Ndjson,
-    Csv,
-}
-
 const CSV_HEADER: &str =
     "type,recipient,seq,id,kind,payload,notification_ids,created_at,read_at,read_seq,hash\n";
 
-/// The whole result as a stream: rows go out as PostgreSQL hands them over,
-/// one snapshot throughout (REPEATABLE READ), so nothing is held in memory
-/// and nothing shifts under the export.
-fn export(pool: PgPool, filters: Filters, format: Format) -> Response {
-    let lines = async_stream::try_stream! {
-        if let Format::Csv = format {
-            yield Bytes::from_static(CSV_HEADER.as_bytes());
-        }
-        let mut tx = crate::db::snapshot(&pool).await?;
-        let mut sql = filters.select();
-        let mut rows = sql.build_query_as::<AuditEvent>().fetch(&mut *tx);
-        while let Some(event) = rows.try_next().await? {
-            yield line(&event, format);
-        }
-    };
-    let lines = lines.map_err(|error: sqlx::Error| {
-        tracing::error!(%error, "audit export failed midway");
-        error
-    });
-    let content_type = match format {
-        Format::Ndjson => "application/x-ndjson",
-        Format::Csv => "text/csv; charset=utf-8",
-    };
-    ([(CONTENT_TYPE, content_type)], Body::from_stream(lines)).into_response()
+fn ndjson_export(filters: &Filters) -> Export<AuditEvent> {
+    Export {
+        sql: filters.select(),
+        head: b"",
+        render: |event, out| {
+            // Serializing these fields into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *out, event);
+            out.push(b'\n');
+        },
+        content_type: "application/x-ndjson",
+    }
 }
 
-fn line(event: &AuditEvent, format: Format) -> Bytes {
-    match format {
-        Format::Ndjson => {
-            let mut json = serde_json::to_vec(event).unwrap_or_default();
-            json.push(b'\n');
-            Bytes::from(json)
-        }
-        Format::Csv => csv_record(event),
+fn csv_export(filters: &Filters) -> Export<AuditEvent> {
+    Export {
+        sql: filters.select(),
+        head: CSV_HEADER.as_bytes(),
+        render: |event, out| out.extend_from_slice(&csv_record(event)),
+        content_type: "text/csv; charset=utf-8",
     }
 }
 
 /// One CSV record (RFC 4180 quoting by the csv crate): payload and ids as
 /// JSON text, times in RFC 3339.
-fn csv_record(event: &AuditEvent) -> Bytes {
+fn csv_record(event: &AuditEvent) -> Vec<u8> {
     let ids = event
         .notification_ids
         .as_ref()
@@ -349,5 +327,5 @@ fn csv_record(event: &AuditEvent) -> Bytes {
         .buffer_capacity(256)
         .from_writer(Vec::with_capacity(256));
     let _ = writer.write_record(record);
-    Bytes::from(writer.into_inner().unwrap_or_default())
+    writer.into_inner().unwrap_or_default()
 }

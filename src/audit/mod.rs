@@ -1,11 +1,13 @@
 //! Audit: the history as auditors see it, under the `auditor` role -
 //! tamper evidence ([`chain`]), the event log with filters, paging and
 //! streaming export ([`log`]), and a recipient's inbox as it stood at any
-//! moment ([`inbox`]), derived from the events.
+//! moment ([`inbox`]), derived from the events; [`export`] bounds the
+//! streamed exports.
 //!
 //! Everything here reads; nothing here may ever write to the history.
 
 pub mod chain;
+pub mod export;
 pub mod inbox;
 pub mod log;
 
@@ -16,6 +18,7 @@ use crate::app::AppState;
 use crate::error::AppError;
 
 pub use chain::{heads, verify};
+pub use export::{Exports, EXPORT_STALL_TIMEOUT};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, fresh_database, spawn_app, url_of, Binary, TestApp, SECRET};
+use crate::helpers::{
+    assert_problem, fresh_database, spawn_app, spawn_app_with, url_of, Binary, TestApp, SECRET,
+};
 use tidings::config::Role;
 
 fn auditor(app: &TestApp, path: &str) -> reqwest::RequestBuilder {
@@ -359,5 +361,66 @@ async fn exporting_a_million_rows_takes_constant_memory() {
     assert!(
         grown < 64 * 1024,
         "the export held rows in memory: grew {grown} KiB (the result is ~200 MiB)"
+    );
+}
+
+#[tokio::test]
+async fn an_export_whose_query_the_database_refuses_is_a_400_not_a_cut_off_200() {
+    let app = spawn_app().await;
+
+    for accept in ["application/x-ndjson", "text/csv"] {
+        let response = auditor(&app, "/v1/audit/events?recipient=%00")
+            .header("Accept", accept)
+            .send()
+            .await
+            .expect("export");
+
+        assert_problem(response, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn exports_beyond_the_limit_are_a_503_and_a_stalled_one_ends_and_lets_go() {
+    // Arrange: a pool of 8 allows one export at a time; a client that
+    // reads nothing for a second loses its export. The result (~40 MB) is
+    // far more than the socket buffers between server and client hold.
+    let app = spawn_app_with(|settings| {
+        settings.pool_size = 8;
+        settings.export_stall_timeout = Duration::from_secs(1);
+    })
+    .await;
+    sqlx::query(
+        "INSERT INTO tidings.notifications (recipient, kind, payload)
+         SELECT 'alice', 'big', jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 10000)",
+    )
+    .execute(&app.db)
+    .await
+    .expect("rows");
+    let export = || {
+        auditor(&app, "/v1/audit/events")
+            .header("Accept", "application/x-ndjson")
+            .send()
+    };
+
+    // Act: one export that is never read, another at once, then more
+    // until one gets through.
+    let stalled = export().await.expect("export");
+    let refused = export().await.expect("export");
+    let mut let_go = false;
+    for _ in 0..150 {
+        if export().await.expect("export").status() == 200 {
+            let_go = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Assert
+    assert_eq!(stalled.status(), 200);
+    assert_problem(refused, 503).await;
+    assert!(let_go, "the stalled export still holds its slot after 15 s");
+    assert!(
+        stalled.bytes().await.is_err(),
+        "the stalled export broke off instead of ending as if complete"
     );
 }

@@ -127,6 +127,8 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         catch_up_concurrency: 4,
         cors_origins: vec![],
         max_request_head: 8192,
+        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
+        export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
         demo_mode: false,
     };
     tweak(&mut settings);
@@ -453,6 +455,13 @@ impl Binary {
     /// Runs `tidings serve` with `env` (plus a test secret and a random
     /// port) and waits until it says where it serves.
     pub fn serve(env: &[(&str, &str)]) -> Result<Self> {
+        Self::serve_without(&[], env)
+    }
+
+    /// [`Binary::serve`], with the variables in `unset` removed from what
+    /// it would set (`TIDINGS_JWT_SECRET`, say, or `RUST_LOG` for the
+    /// binary's default log filter) before `env` is applied.
+    pub fn serve_without(unset: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
         command
@@ -463,6 +472,9 @@ impl Binary {
             .env("RUST_LOG", "tidings=info")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        for key in unset {
+            command.env_remove(key);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -513,6 +525,27 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("not ready after 20 s")
+    }
+
+    /// Every line it has written to stderr so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .map(|lines| lines.clone())
+            .unwrap_or_default()
+    }
+
+    /// The lines written so far that satisfy `wanted`, once there is at
+    /// least one (or after `wait`, maybe none): logs arrive through a pipe.
+    pub async fn lines_within(&self, wait: Duration, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let found: Vec<String> = self.lines().into_iter().filter(|l| wanted(l)).collect();
+            if !found.is_empty() || tokio::time::Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Resident memory of the process, in KiB.

@@ -1,0 +1,260 @@
+//! The HTTP surface at its edges: unknown paths and methods get problem
+//! documents, a server error is logged once, clients that make things up
+//! or stall cannot grow or hold the server, and the server answers its
+//! probes (and a demo link) from the moment it listens.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    assert_problem, fresh_database, header, spawn_app, spawn_app_with, url_of, Binary,
+};
+use tidings::config::Role;
+
+#[tokio::test]
+async fn an_unknown_path_is_a_404_problem_document() {
+    let app = spawn_app().await;
+
+    let response = app.get("/v1/nope", "alice").send().await.expect("request");
+
+    let problem = assert_problem(response, 404).await;
+    assert_eq!(problem["type"], "urn:tidings:problem:not-found");
+}
+
+#[tokio::test]
+async fn a_method_a_path_does_not_take_is_a_405_problem_document_with_allow() {
+    let app = spawn_app().await;
+
+    let response = app
+        .client
+        .put(format!("{}/v1/notifications", app.address))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .expect("request");
+
+    let allow = header(&response, "allow");
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let problem = assert_problem(response, 405).await;
+    assert_eq!(problem["type"], "urn:tidings:problem:method-not-allowed");
+}
+
+#[tokio::test]
+async fn made_up_methods_add_at_most_one_request_series() {
+    let app = spawn_app().await;
+
+    for n in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("A{n}").as_bytes()).expect("method");
+        app.client
+            .request(method, format!("{}/v1/notifications", app.address))
+            .send()
+            .await
+            .expect("request");
+    }
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|line| line.starts_with("tidings_http_requests_total{"))
+        .collect();
+    assert!(
+        !series.iter().any(|line| line.contains("method=\"A")),
+        "{text}"
+    );
+    let other: Vec<&&str> = series
+        .iter()
+        .filter(|line| line.contains("method=\"other\""))
+        .collect();
+    assert_eq!(other.len(), 1, "{text}");
+    assert!(other[0].ends_with(" 50"), "{}", other[0]);
+}
+
+#[tokio::test]
+async fn a_server_error_is_logged_once_with_its_cause() {
+    // Arrange: the binary with its default log filter, over a database
+    // whose audit view is gone, so the audit query fails.
+    let database = fresh_database().await.expect("database");
+    let server = Binary::serve_without(
+        &["RUST_LOG"],
+        &[
+            ("DATABASE_URL", &url_of(&database)),
+            ("TIDINGS_LOG_FORMAT", "json"),
+        ],
+    )
+    .expect("tidings");
+    server.wait_until_ready().await.expect("ready");
+    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
+    sqlx::query("ALTER VIEW tidings.audit_log RENAME TO audit_log_gone")
+        .execute(&db)
+        .await
+        .expect("rename");
+    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
+        .issue("auditor", &[Role::Auditor], Duration::from_secs(600))
+        .expect("token");
+
+    // Act
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/audit/events", server.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+
+    // Assert: a 500 whose body hides the cause, and one ERROR line with it.
+    let problem = assert_problem(response, 500).await;
+    assert!(!problem.to_string().contains("audit_log"), "{problem}");
+    let is_error =
+        |line: &str| serde_json::from_str::<Value>(line).is_ok_and(|line| line["level"] == "ERROR");
+    server.lines_within(Duration::from_secs(5), is_error).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let errors: Vec<String> = server.lines().into_iter().filter(|l| is_error(l)).collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("does not exist"), "{}", errors[0]);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_request_head_in_time_is_disconnected() {
+    let app =
+        spawn_app_with(|settings| settings.header_read_timeout = Duration::from_secs(1)).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let silent = TcpStream::connect(&address).await.expect("connect");
+    let mut slow = TcpStream::connect(&address).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: tidings\r\n")
+        .await
+        .expect("part of a head");
+    let mut slow_second = TcpStream::connect(&address).await.expect("connect");
+    slow_second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: tidings\r\n\r\n")
+        .await
+        .expect("a whole head");
+    let mut response = [0; 512];
+    let _ = slow_second.read(&mut response).await.expect("a response");
+    slow_second
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .expect("part of the next head");
+
+    for (what, mut connection) in [
+        ("silent", silent),
+        ("slow", slow),
+        ("slow second", slow_second),
+    ] {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), connection.read_to_end(&mut rest)).await;
+
+        assert!(closed.is_ok(), "the {what} connection is still open");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_lives_on_past_the_request_head_timeout() {
+    let app =
+        spawn_app_with(|settings| settings.header_read_timeout = Duration::from_secs(1)).await;
+    let mut stream = app.stream("alice", None).await;
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    app.insert("alice", "late", json!({})).await;
+
+    assert_eq!(stream.next().await.json()["kind"], "late");
+}
+
+#[tokio::test]
+async fn without_a_jwt_secret_a_demo_link_with_the_bound_address_is_logged_and_works() {
+    // Arrange
+    let database = fresh_database().await.expect("database");
+    let server = Binary::serve_without(
+        &["TIDINGS_JWT_SECRET"],
+        &[("DATABASE_URL", &url_of(&database))],
+    )
+    .expect("tidings");
+    server.wait_until_ready().await.expect("ready");
+    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
+    sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('demo', 'hello')")
+        .execute(&db)
+        .await
+        .expect("insert");
+
+    // Act
+    let warnings = server
+        .lines_within(Duration::from_secs(5), |l| l.contains("WARN"))
+        .await;
+    let links = server
+        .lines_within(Duration::from_secs(5), |l| l.contains("access_token="))
+        .await;
+    let link = links.first().expect("a logged demo link");
+    let token: String = link
+        .split("access_token=")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect();
+    let inbox = reqwest::Client::new()
+        .get(format!("{}/v1/notifications", server.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("inbox");
+
+    // Assert
+    assert!(
+        warnings.iter().any(|l| l.contains("jwt-secret")),
+        "{warnings:#?}"
+    );
+    assert!(
+        link.contains(&format!("{}/?access_token=", server.address)),
+        "the link names the bound address {}: {link}",
+        server.address
+    );
+    assert_eq!(inbox.status(), 200);
+    let inbox: Value = inbox.json().await.expect("json");
+    assert_eq!(inbox["items"][0]["kind"], "hello", "{inbox}");
+}
+
+#[tokio::test]
+async fn probes_answer_while_the_database_is_unreachable_and_other_requests_wait() {
+    // Arrange: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("address").port();
+    drop(closed);
+    let url = format!("postgres://tidings@127.0.0.1:{port}/tidings");
+    let mut server = Binary::serve(&[("DATABASE_URL", &url)]).expect("tidings");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let get = |path: &str| client.get(format!("{}{path}", server.address)).send();
+
+    // Act
+    let alive = get("/healthz").await.expect("healthz");
+    let ready = get("/readyz").await.expect("readyz");
+    let mut other = tokio::spawn(get("/v1/notifications"));
+    let waited = tokio::time::timeout(Duration::from_secs(1), &mut other).await;
+    let status = server.terminate().expect("stops on SIGTERM");
+    let other = other.await.expect("join").expect("answered once stopping");
+
+    // Assert: an EventSource would give up for good on a 503, so requests
+    // wait for the app - and get a problem only if it never starts.
+    assert_eq!(alive.status(), 200);
+    assert_eq!(ready.status(), 503);
+    let readiness: Value = ready.json().await.expect("json");
+    assert_eq!(readiness["ready"], false);
+    assert!(
+        waited.is_err(),
+        "answered before the app started: {waited:?}"
+    );
+    assert_problem(other, 503).await;
+    assert!(status.success(), "{status}");
+}
