@@ -64,7 +64,10 @@ async fn payload_defaults_to_an_empty_object_in_sql_and_over_http() {
         .iter()
         .map(|item| (item["kind"].as_str().unwrap_or(""), &item["payload"]))
         .collect();
-    assert_eq!(payloads, vec![("by-http", &json!({})), ("by-sql", &json!({}))]);
+    assert_eq!(
+        payloads,
+        vec![("by-http", &json!({})), ("by-sql", &json!({}))]
+    );
 }
 
 #[tokio::test]
@@ -123,6 +126,9 @@ fn a_bare_tidings_serves_on_the_default_address_and_data_dir() {
 
     assert!(cli.command.is_none(), "a bare `tidings` serves");
     assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(cli.serve.database.data_dir, std::path::Path::new(".tidings"));
+    assert_eq!(
+        cli.serve.database.data_dir,
+        std::path::Path::new(".tidings")
+    );
     assert_eq!(cli.serve.heartbeat, std::time::Duration::from_secs(15));
 }
