@@ -228,6 +228,18 @@ impl TestApp {
             .bearer_auth(self.token(recipient))
     }
 
+    /// `GET /metrics`, as text (it needs no token).
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("scrape");
+        assert_eq!(response.status(), 200, "metrics status");
+        response.text().await.expect("metrics body")
+    }
+
     /// `GET /v1/notifications` for `recipient`, as JSON.
     pub async fn inbox(&self, recipient: &str) -> Value {
         let response = self

@@ -54,15 +54,7 @@ async fn made_up_methods_add_at_most_one_request_series() {
             .await
             .expect("request");
     }
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let text = app.metrics().await;
 
     let series: Vec<&str> = text
         .lines()

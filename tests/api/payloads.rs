@@ -400,15 +400,7 @@ async fn exhaust_the_pool(
 }
 
 async fn listener_reconnects(app: &TestApp) -> String {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics");
+    let text = app.metrics().await;
     let line = text
         .lines()
         .find(|line| line.starts_with("tidings_listener_reconnects_total "));
