@@ -125,6 +125,18 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
     pub max_request_head: u32,
 
+    /// How long a client may take to send a request head (from connecting,
+    /// or from its previous response), which is also how long an idle
+    /// keep-alive connection stays open. An answered stream never times
+    /// out. Keep a proxy's idle timeout for upstream connections below it.
+    #[arg(long, env = "TIDINGS_HEADER_READ_TIMEOUT", default_value = "75s", value_parser = interval)]
+    pub header_read_timeout: Duration,
+
+    /// How long an audit export (NDJSON, CSV) waits for a client that reads
+    /// nothing before it ends the export and frees its database connection.
+    #[arg(long, env = "TIDINGS_EXPORT_STALL_TIMEOUT", default_value = "30s", value_parser = interval)]
+    pub export_stall_timeout: Duration,
+
     /// Log format: `text` for people, `json` (one object per line) for log
     /// pipelines. Filter with RUST_LOG, e.g. RUST_LOG=tidings=debug.
     #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -38,7 +38,8 @@ use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// The default for `header_read_timeout`. hyper uses one timer for a
+/// The default for `header_read_timeout` (`--header-read-timeout`; config
+/// must say the same, as a test checks). hyper uses one timer for a
 /// request head and for an idle keep-alive connection awaiting the next one,
 /// so this is also how long an idle connection stays open: longer than the
 /// 60 s after which nginx and AWS load balancers drop their idle upstream

@@ -103,8 +103,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         hint_lease: args.hint_lease,
         catch_up_concurrency: args.catch_up_concurrency,
         max_request_head: args.max_request_head as usize,
-        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
-        export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
+        header_read_timeout: args.header_read_timeout,
+        export_stall_timeout: args.export_stall_timeout,
         cors_origins: cors_origins(&args.cors_origins)?,
         demo_mode: args.jwt_secret.is_none(),
     };

@@ -35,7 +35,8 @@ use tracing::Instrument;
 
 use crate::error::AppError;
 
-/// The default `stall_timeout`: far longer than any client that reads
+/// The default `stall_timeout` (`--export-stall-timeout`; config must say
+/// the same, as a test checks): far longer than any client that reads
 /// takes between two chunks, short enough that a stuck one soon lets go.
 pub const EXPORT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -115,9 +115,15 @@ async fn the_stream_is_never_compressed_even_when_the_client_asks() {
 fn a_bare_tidings_serves_on_the_default_address_and_data_dir() {
     // Defaults are what a user gets without configuration; an operator's
     // environment would override them, so only check them where it is unset.
-    let overridden = ["TIDINGS_LISTEN", "TIDINGS_DATA_DIR", "TIDINGS_HEARTBEAT"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some());
+    let overridden = [
+        "TIDINGS_LISTEN",
+        "TIDINGS_DATA_DIR",
+        "TIDINGS_HEARTBEAT",
+        "TIDINGS_HEADER_READ_TIMEOUT",
+        "TIDINGS_EXPORT_STALL_TIMEOUT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some());
     if overridden {
         return;
     }
@@ -131,4 +137,12 @@ fn a_bare_tidings_serves_on_the_default_address_and_data_dir() {
         std::path::Path::new(".tidings")
     );
     assert_eq!(cli.serve.heartbeat, std::time::Duration::from_secs(15));
+    assert_eq!(
+        cli.serve.header_read_timeout,
+        tidings::http::HEADER_READ_TIMEOUT
+    );
+    assert_eq!(
+        cli.serve.export_stall_timeout,
+        tidings::audit::EXPORT_STALL_TIMEOUT
+    );
 }
