@@ -167,8 +167,9 @@ fn state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> App
     let hub_pool = db::hub_pool(settings.database.clone().application_name("tidings-hub"));
     let metrics = Arc::new(Metrics::new());
     // Each export holds a request-pool connection throughout: a quarter of
-    // the pool at most, so exports never starve requests and streams.
-    let exports = (settings.pool_size.saturating_sub(1) / 4).max(1) as usize;
+    // the pool at most (at least one), so exports never starve requests and
+    // streams.
+    let exports = (settings.pool_size.saturating_sub(1) / 4) as usize;
     AppState {
         hub: Hub::new(hub_pool, metrics.clone()),
         leases: Leases::new(pool.clone(), settings.hint_lease),

@@ -96,6 +96,19 @@ impl From<sqlx::Error> for AppError {
 /// large to index (54000, say a recipient of many kilobytes) and rows the
 /// schema refuses (23514, such as a payload that prints larger than I10
 /// allows, migration 0010).
+/// The SQLSTATE of a database error whose class (its first two characters)
+/// is one of `classes`. Callers that must tell failures a retry can clear
+/// from those it cannot (a stream's registration, the hub's fetches) each
+/// name their own classes; this is how they read them.
+pub fn sqlstate_in(error: &sqlx::Error, classes: &[&str]) -> Option<String> {
+    let sqlx::Error::Database(refused) = error else {
+        return None;
+    };
+    let code = refused.code()?;
+    let class = code.get(..2)?;
+    classes.contains(&class).then(|| code.into_owned())
+}
+
 fn is_unstorable_input(code: Option<&str>) -> bool {
     matches!(
         code,

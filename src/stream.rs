@@ -415,11 +415,7 @@ async fn register_unless_refused(
 /// may pass (a lost connection, a busy pool, a failover's read-only
 /// moment), and a stream that gave up on it would lose its browser for good.
 fn refusal(error: &sqlx::Error) -> Option<String> {
-    let sqlx::Error::Database(refused) = error else {
-        return None;
-    };
-    let code = refused.code()?;
-    matches!(code.get(..2), Some("22" | "23" | "54")).then(|| code.into_owned())
+    crate::error::sqlstate_in(error, &["22", "23", "54"])
 }
 
 /// One page of history after `sent`, waiting for a catch-up slot first so a
