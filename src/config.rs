@@ -1,16 +1,18 @@
-//! Config: the command line. One clap struct per subcommand; every flag of
-//! `serve`, and the database flags of every subcommand, can also be set from
-//! the environment variable named in `--help` (`token` and `verify` take
-//! their own flags on the command line only), and the doc comments below
-//! *are* that help text.
+//! Config: the command line. One clap struct per subcommand; every flag can
+//! also be set from the environment variable named in `--help`, and the doc
+//! comments below *are* that help text.
 //!
-//! Owns parsing and defaults only; it must never open files or connections.
+//! Owns parsing, defaults and the checks a value can fail on its own (a
+//! secret too short to sign with, an origin no browser would send), so a bad
+//! setting stops tidings before it serves anything. It must never open files
+//! or connections.
 
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// tidings: notifications your app INSERTs with SQL, delivered to browsers
@@ -35,15 +37,25 @@ pub enum Command {
     /// Print a signed JWT for a recipient, e.g. to try the API with curl.
     Token(TokenArgs),
     /// Walk the history's hash chains; exit 1 naming the first broken link.
+    #[command(after_help = VERIFY_EXIT_STATUS)]
     Verify(VerifyArgs),
 }
+
+/// `verify`'s exit statuses, so that a cron job tells a tampered history
+/// from a database it could not reach.
+const VERIFY_EXIT_STATUS: &str = concat!(
+    "Exit status: 0 every chain is intact; 1 a broken link was found (named on stdout); ",
+    "2 the history could not be verified (bad arguments, database unreachable, data ",
+    "directory in use, ...)."
+);
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL connection URL. Without it, tidings runs a private
     /// PostgreSQL cluster from the installed server binaries, kept in
-    /// --data-dir and reachable only through a Unix socket there.
-    #[arg(long, env = "DATABASE_URL")]
+    /// --data-dir and reachable only through a Unix socket there. Set but
+    /// empty is an error, not the embedded cluster.
+    #[arg(long, env = "DATABASE_URL", value_parser = database_url)]
     pub database_url: Option<String>,
 
     /// Where the embedded cluster keeps its data (used only without
@@ -69,9 +81,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// HS256 secret that verifies client tokens. Without it a random secret
-    /// is made for this process and a demo URL with a token is logged.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret that verifies client tokens, at least 32 bytes (make one
+    /// with `openssl rand -hex 32`). Without it a random secret is made for
+    /// this process and a demo URL with a token is logged.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = hs256_secret)]
     pub jwt_secret: Option<String>,
 
     /// How often an idle stream gets a comment line, so proxies keep it open.
@@ -118,9 +131,11 @@ pub struct ServeArgs {
     /// Largest request head accepted (request line and headers, cookies
     /// included), in bytes; a larger one gets 431. It is also the size of
     /// every connection's read buffer, held as long as a stream is open:
-    /// the default, hyper's minimum, keeps each idle stream about 11.5 KiB;
-    /// 16384 makes it about 22 KiB. Raise it if the pages that use tidings
-    /// send it big cookies.
+    /// with the default, hyper's minimum, an idle stream measured 11.8 KiB
+    /// (BENCHMARKS.md, capacity, 18,000 streams). Larger values were
+    /// measured only before the switch to jemalloc, at 4,000 streams: 16384
+    /// cost 2.5 KiB more per idle stream than the default (19.3 against
+    /// 16.8 KiB). Raise it if the pages that use tidings send big cookies.
     #[arg(long, env = "TIDINGS_MAX_REQUEST_HEAD", default_value_t = 8192,
           value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
     pub max_request_head: u32,
@@ -144,12 +159,16 @@ pub struct ServeArgs {
 
     /// Browser origins (e.g. https://app.example.com) allowed to call the API
     /// from another site, cookies included. Comma-separated; none by default.
+    /// Each is scheme://host[:port] as a browser sends it: lower case, no
+    /// path, not even a trailing slash, no default port. `*` is refused:
+    /// with cookies allowed, list the origins instead.
     #[arg(
         long = "cors-origin",
         env = "TIDINGS_CORS_ORIGINS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = cors_origin
     )]
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -158,33 +177,39 @@ pub struct VerifyArgs {
     pub database: DatabaseArgs,
 
     /// Only this recipient's chain (default: every recipient's).
-    #[arg(long)]
+    #[arg(long, env = "TIDINGS_VERIFY_RECIPIENT")]
     pub recipient: Option<String>,
 
     /// Print each recipient's newest link (recipient, seq, hash) instead, to
     /// keep somewhere the database cannot reach: a chain rewritten from some
     /// event to its end verifies again, but ends in a different head.
-    #[arg(long)]
+    #[arg(long, env = "TIDINGS_VERIFY_HEADS", value_parser = clap::builder::BoolishValueParser::new())]
     pub heads: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
     /// The recipient the token speaks for (its `sub` claim).
-    #[arg(long)]
+    #[arg(long, env = "TIDINGS_TOKEN_SUB")]
     pub sub: String,
 
     /// Extra roles: `publisher` may POST notifications, `auditor` may read
-    /// the audit API. Repeat for several.
-    #[arg(long = "role", value_enum)]
+    /// the audit API. Repeat for several (comma-separated in the variable).
+    #[arg(
+        long = "role",
+        env = "TIDINGS_TOKEN_ROLES",
+        value_enum,
+        value_delimiter = ','
+    )]
     pub roles: Vec<Role>,
 
     /// How long the token is valid, e.g. 15m, 1h, 7d.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TIDINGS_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
 
-    /// HS256 secret to sign with; must match the service's.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    /// HS256 secret to sign with; must match the service's (at least 32
+    /// bytes).
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = hs256_secret)]
     pub jwt_secret: String,
 }
 
@@ -229,5 +254,124 @@ fn duration_within(
         Ok(length)
     } else {
         Err(format!("must be between {bounds}"))
+    }
+}
+
+/// `--jwt-secret`: at least 32 bytes. RFC 7518 section 3.2 requires an HS256
+/// key of at least 256 bits, and jsonwebtoken accepts any length - even an
+/// empty secret (`TIDINGS_JWT_SECRET=` reaches here as ""), with which
+/// anyone could sign a publisher or auditor token.
+fn hs256_secret(text: &str) -> Result<String, String> {
+    if text.len() >= MIN_SECRET_BYTES {
+        return Ok(text.to_owned());
+    }
+    Err(format!(
+        "the secret is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} (256 bits, RFC 7518 \
+         section 3.2), or anyone can guess it and sign tokens. Make one with `openssl rand -hex 32`",
+        text.len()
+    ))
+}
+
+const MIN_SECRET_BYTES: usize = 32;
+
+/// `--database-url` / `DATABASE_URL`: set means a server; set but empty (a
+/// blank line in an env file) would otherwise fail only after tidings said
+/// it was serving. Unset is the embedded cluster.
+fn database_url(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err(
+            "DATABASE_URL is set but empty: give a postgres:// URL, or unset \
+                    DATABASE_URL to run the embedded PostgreSQL"
+                .into(),
+        );
+    }
+    Ok(text.to_owned())
+}
+
+/// `--cors-origin`: one origin exactly as a browser sends it in `Origin`
+/// (tower-http compares bytes), so a stray space, slash or capital can not
+/// leave a site silently refused. `*` is refused here because tower-http
+/// panics on it when cookies are allowed.
+fn cors_origin(text: &str) -> Result<HeaderValue, String> {
+    let origin = text.trim();
+    if origin.is_empty() {
+        return Err(
+            "an empty origin (a stray comma, or TIDINGS_CORS_ORIGINS set but empty); \
+                    leave it unset to allow no other origin"
+                .into(),
+        );
+    }
+    if origin == "*" {
+        return Err(
+            "`*` cannot be used: credentials (cookies) are allowed, so list the \
+                    origins instead, e.g. https://app.example.com,https://admin.example.com"
+                .into(),
+        );
+    }
+    origin_problem(origin).map_or(Ok(()), Err)?;
+    HeaderValue::from_str(origin).map_err(|_| format!("{origin:?} is not a valid header value"))
+}
+
+/// Why `origin` is not `scheme://host[:port]` as browsers serialize it.
+fn origin_problem(origin: &str) -> Option<String> {
+    let expected = "expected scheme://host[:port], e.g. https://app.example.com";
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Some(format!("{origin:?} has no scheme; {expected}"));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok {
+        return Some(format!(
+            "{origin:?} has no valid lower-case scheme; {expected}"
+        ));
+    }
+    if authority.contains(['/', '?', '#', '@']) {
+        return Some(format!(
+            "{origin:?} has a path, query or user (a trailing slash counts): an Origin header \
+             never does; {expected}"
+        ));
+    }
+    authority_problem(origin, scheme, authority).map(|problem| format!("{problem}; {expected}"))
+}
+
+/// What is wrong with the `host[:port]` part, if anything.
+fn authority_problem(origin: &str, scheme: &str, authority: &str) -> Option<String> {
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let host_ok = if let Some(ip6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        !ip6.is_empty()
+            && ip6
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    if !host_ok {
+        return Some(format!("{origin:?} has no valid host"));
+    }
+    if authority.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some(format!(
+            "{origin:?} has capitals: browsers send the host in lower case"
+        ));
+    }
+    let default_port = match scheme {
+        "https" => Some("443"),
+        "http" => Some("80"),
+        _ => None,
+    };
+    match port.map(str::parse::<u16>) {
+        None => None,
+        Some(Ok(0)) | Some(Err(_)) => Some(format!("{origin:?} has no valid port")),
+        Some(Ok(_)) if port.is_some() && port == default_port => Some(format!(
+            "{origin:?} names its scheme's default port, which browsers leave out"
+        )),
+        Some(Ok(_)) => None,
     }
 }

@@ -43,6 +43,15 @@ async fn main() -> Result<()> {
     }
 }
 
+/// `verify`'s exit status (see its `--help`): 0 intact, 1 a broken link,
+/// 2 when it could not tell - never 1 for an outage, which a cron job would
+/// report as tampering.
+mod verify_status {
+    pub const INTACT: i32 = 0;
+    pub const BROKEN: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+}
+
 /// Logs go to stderr; RUST_LOG filters them.
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -77,6 +86,8 @@ fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
+    // Before "serving on": a URL that cannot work must not look like a start.
+    let database = db::options(&url, "tidings").context("parsing the database URL")?;
     let (jwt_secret, demo_token) = jwt_secret(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -90,7 +101,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let settings = Settings {
-        database: db::options(&url, "tidings").context("parsing the database URL")?,
+        database,
         pool_size: args.database.db_pool_size,
         jwt_secret,
         streams: StreamSettings {
@@ -105,15 +116,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_request_head: args.max_request_head as usize,
         header_read_timeout: args.header_read_timeout,
         export_stall_timeout: args.export_stall_timeout,
-        cors_origins: cors_origins(&args.cors_origins)?,
+        cors_origins: args.cors_origins.clone(),
         demo_mode: args.jwt_secret.is_none(),
     };
     let served = app::serve(settings, listener, shutdown).await;
-    if let Some(cluster) = cluster {
-        tokio::task::block_in_place(|| cluster.stop())
-            .context("stopping the embedded PostgreSQL")?;
-    }
-    served?;
+    stop_after(cluster, served.map_err(anyhow::Error::from))?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -153,34 +160,50 @@ fn log_demo_links(address: SocketAddr, token: &str) {
     );
 }
 
-fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>> {
-    origins
-        .iter()
-        .map(|origin| {
-            origin
-                .parse()
-                .with_context(|| format!("invalid CORS origin {origin:?}"))
-        })
-        .collect()
-}
-
+/// The first SIGINT or SIGTERM starts a graceful shutdown (up to 30 s of
+/// draining, then stopping the embedded cluster); a second one exits at
+/// once with status 130. Once tokio watches a signal its default action
+/// (death) is gone for good, so without this a second Ctrl-C did nothing.
+/// Exiting mid-stop leaves nothing running: the embedded cluster's watchdog
+/// (`embedded::spawn_watchdog`) sees its pipe close when this process ends,
+/// however it ends, and stops PostgreSQL (SIGINT: a fast shutdown).
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
         Err(error) => {
-            tracing::warn!(%error, "cannot watch for SIGTERM");
-            let _ = ctrl_c.await;
-            shutdown.cancel();
+            tracing::warn!(%error, "cannot watch for SIGINT and SIGTERM");
             return;
         }
     };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: ending streams, then stopping");
+    signals.next().await;
+    tracing::info!("shutting down: ending streams, then stopping (signal again to exit now)");
     shutdown.cancel();
+    signals.next().await;
+    tracing::warn!("second signal: exiting without waiting for the shutdown to finish");
+    std::process::exit(130);
+}
+
+/// SIGINT and SIGTERM, as one stream of "a signal came".
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<()> {
@@ -188,16 +211,27 @@ async fn migrate(args: DatabaseArgs) -> Result<()> {
     let pool = db::pool(db::options(&url, "tidings-migrate")?, 1);
     let migrated = db::migrate(&pool).await.context("applying migrations");
     pool.close().await;
-    if let Some(cluster) = cluster {
-        tokio::task::block_in_place(|| cluster.stop())?;
-    }
-    migrated?;
+    stop_after(cluster, migrated)?;
     println!("migrations applied");
     Ok(())
 }
 
-/// Exit status 1 (with the broken link on stdout) if a chain is broken.
+/// Exits with a [`verify_status`]: the verdict (the broken link on stdout),
+/// or 2 with the error on stderr when there is no verdict.
 async fn verify(args: VerifyArgs) -> Result<()> {
+    let status = match verdict(args).await {
+        Ok(true) => verify_status::INTACT,
+        Ok(false) => verify_status::BROKEN,
+        Err(error) => {
+            eprintln!("Error: {error:?}");
+            verify_status::UNKNOWN
+        }
+    };
+    std::process::exit(status);
+}
+
+/// Whether every chain asked about is intact.
+async fn verdict(args: VerifyArgs) -> Result<bool> {
     let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
     let pool = db::pool(db::options(&url, "tidings-verify")?, 1);
     let recipient = args.recipient.as_deref();
@@ -220,13 +254,24 @@ async fn verify(args: VerifyArgs) -> Result<()> {
             })
     };
     pool.close().await;
-    if let Some(cluster) = cluster {
-        tokio::task::block_in_place(|| cluster.stop())?;
+    stop_after(cluster, outcome.context("reading the history"))
+}
+
+/// Stops the embedded cluster, if there is one, once a command is done. A
+/// failed stop is reported, but never in place of the error that ended the
+/// command: that one says what went wrong first.
+fn stop_after<T>(cluster: Option<EmbeddedPostgres>, outcome: Result<T>) -> Result<T> {
+    let Some(cluster) = cluster else {
+        return outcome;
+    };
+    match (tokio::task::block_in_place(|| cluster.stop()), outcome) {
+        (Ok(()), outcome) => outcome,
+        (Err(stop), Ok(_)) => Err(stop).context("stopping the embedded PostgreSQL"),
+        (Err(stop), Err(failed)) => {
+            tracing::error!(error = %stop, "stopping the embedded PostgreSQL failed too");
+            Err(failed)
+        }
     }
-    if !outcome.context("reading the history")? {
-        std::process::exit(1);
-    }
-    Ok(())
 }
 
 fn token(args: TokenArgs) -> Result<()> {
