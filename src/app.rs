@@ -13,8 +13,9 @@ use std::time::Duration;
 use axum::extract::{FromRef, Request};
 use axum::http::{HeaderName, HeaderValue, Method, Uri};
 use axum::{Extension, Router};
+use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub health: Health,
     /// What `/metrics` reports; moved by the hub, listener and streams.
     pub metrics: Arc<Metrics>,
+    /// How streams are paced and limited; the same for every stream, from
+    /// the command line.
     pub streams: StreamSettings,
     /// Bounds how many streams read history at once (see `stream`).
     pub catch_up: Arc<Semaphore>,
@@ -69,9 +72,15 @@ impl FromRef<AppState> for Keys {
     }
 }
 
+/// What every stream is told or held to (`--heartbeat`, `--retry`,
+/// `--max-streams-per-recipient`).
 #[derive(Clone, Copy)]
 pub struct StreamSettings {
+    /// How often an idle stream gets a comment line, so that proxies and
+    /// load balancers do not close it as idle.
     pub heartbeat: Duration,
+    /// The reconnect delay sent in the stream's `retry:` field: how soon a
+    /// browser comes back after a stream ends (a restart, say).
     pub retry: Duration,
     /// Streams one recipient may hold open here; 0 = no limit.
     pub max_per_recipient: usize,
@@ -79,14 +88,25 @@ pub struct StreamSettings {
 
 /// Everything [`serve`] needs, resolved (no embedded-database decisions).
 pub struct Settings {
+    /// Where the database is; every connection (pool, hub, LISTEN session)
+    /// is made from these, labelled with its own application name.
     pub database: PgConnectOptions,
+    /// Connections for queries: one is the hub's, the rest the request
+    /// pool's, so this bounds tidings' load on the database.
     pub pool_size: u32,
+    /// The HS256 secret client tokens are verified with.
     pub jwt_secret: Vec<u8>,
     pub streams: StreamSettings,
+    /// How often the LISTEN session is checked for still delivering hints;
+    /// one unanswered check this long makes the listener rebuild it.
     pub listener_check: Duration,
+    /// How often every open stream is compared with the table without a
+    /// hint: the bound on delay should a hint ever be lost.
     pub sweep_interval: Duration,
     /// How long a hint lease lasts (see `lease`).
     pub hint_lease: Duration,
+    /// Most streams reading history at once, so a reconnect storm cannot
+    /// take every pool connection (see `stream`).
     pub catch_up_concurrency: usize,
     /// Browser origins allowed to call the API from another site.
     pub cors_origins: Vec<HeaderValue>,
@@ -103,12 +123,16 @@ pub struct Settings {
     pub demo_mode: bool,
 }
 
+/// Why [`serve`] stopped other than by shutdown: only the start can fail;
+/// once serving, tidings runs until it is told to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("applying migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("serving HTTP failed: {0}")]
-    Http(#[from] std::io::Error),
+    Migrate(#[from] MigrateError),
+    #[error("the database at {at} stayed unreachable for a minute: {cause}")]
+    Unreachable { at: String, cause: String },
+    #[error("connecting to the database at {at} failed, and waiting will not help: {cause}")]
+    Refused { at: String, cause: String },
 }
 
 /// Serves on `listener` until `shutdown` is cancelled: at once the health
@@ -202,9 +226,11 @@ fn switching(app: watch::Receiver<Option<Router>>) -> Router {
             let router = match started {
                 Some(router) => router,
                 None if health::is_probe(request.uri().path()) => starting,
-                // An error: the start failed or was cancelled.
+                // Not started yet: wait rather than answer 503, which would
+                // make a reconnecting EventSource give up for good.
                 None => match app.wait_for(Option::is_some).await {
                     Ok(started) => started.clone().unwrap_or(starting),
+                    // An error: the start failed or was cancelled.
                     Err(_) => starting,
                 },
             };
@@ -230,24 +256,45 @@ async fn no_such_method(method: Method, uri: Uri) -> AppError {
     ))
 }
 
-/// A database still starting (say, in the same compose file) is waited
-/// for; one that stays away for a minute is an error.
+/// How long a database that cannot be reached is waited for (one still
+/// starting, say, in the same compose file) before that is an error.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(60);
+
+/// A database still starting is waited for; one that stays away for
+/// [`REACHABLE_WITHIN`] is an error. Shutdown ends the wait, and also a
+/// migration in progress: one waiting for a lock (another instance
+/// migrating, a long transaction) would otherwise keep the process alive
+/// after SIGTERM for as long as the lock is held. A migration cut short
+/// is rolled back with its transaction when its connection closes.
 async fn migrate_when_reachable(
     pool: &PgPool,
     shutdown: &CancellationToken,
 ) -> Result<(), ServeError> {
-    let mut attempts = 0;
+    let deadline = tokio::time::Instant::now() + REACHABLE_WITHIN;
     loop {
-        match db::migrate(pool).await {
+        let migrated = tokio::select! {
+            migrated = db::migrate(pool) => migrated,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let error = match migrated {
             Ok(()) => return Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(error))
-                if attempts < 60 && is_unreachable(&error) =>
-            {
-                tracing::warn!(%error, "database not reachable yet; retrying");
-            }
+            Err(MigrateError::Execute(error)) if is_unreachable(&error) => error,
             Err(error) => return Err(error.into()),
+        };
+        let options = pool.connect_options();
+        let cause = tokio::select! {
+            cause = why_unreachable(&options, error) => cause,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let at = address(&options);
+        let cause = cause.map_err(|cause| ServeError::Refused {
+            at: at.clone(),
+            cause,
+        })?;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServeError::Unreachable { at, cause });
         }
-        attempts += 1;
+        tracing::warn!(database = %at, %cause, "database not reachable yet; retrying");
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => return Ok(()),
@@ -255,8 +302,44 @@ async fn migrate_when_reachable(
     }
 }
 
+/// Whether waiting may help: the socket or the server is not there yet.
+/// Not a certificate the server presents and `sslmode=verify-*` refuses:
+/// sqlx reports that as I/O too (kind `InvalidData`, from rustls), but it
+/// is a setting to fix, and a minute of retries would only hide it.
 fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
+    match error {
+        sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut => true,
+        _ => false,
+    }
+}
+
+/// The pool says only that it timed out waiting for a connection; a
+/// connection of our own says why (refused, no such host, no socket).
+/// `Err` holds a cause that waiting will not cure (see [`is_unreachable`]).
+async fn why_unreachable(options: &PgConnectOptions, error: sqlx::Error) -> Result<String, String> {
+    if !matches!(error, sqlx::Error::PoolTimedOut) {
+        return Ok(error.to_string());
+    }
+    let direct = PgConnection::connect_with(options);
+    match tokio::time::timeout(Duration::from_secs(5), direct).await {
+        Ok(Err(cause)) if is_unreachable(&cause) => Ok(cause.to_string()),
+        Ok(Err(cause)) => Err(cause.to_string()),
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(format!("{error}, though a connection of its own succeeded"))
+        }
+        Err(_) => Ok("connecting took longer than 5 s".into()),
+    }
+}
+
+/// Where `options` point, for log lines and errors: `host:port`, or the
+/// Unix socket's path.
+fn address(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(dir) => format!("{}/.s.PGSQL.{}", dir.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
 }
 
 fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {

@@ -1,18 +1,32 @@
 //! The database connections: the request pool, the hub's own connection,
 //! and the migrations.
 //!
-//! Owns how tidings connects; it must never hold a connection for a client
-//! longer than one query (streams borrow a connection per page, never for
-//! their lifetime), so the pool size bounds database load, not stream count.
+//! Owns how tidings connects. A connection is never held at a client's
+//! pace, except by an audit export: streams borrow one per page, never for
+//! their lifetime, and an inbox read holds one only for the few queries of
+//! its snapshot ([`snapshot`]), so the pool size bounds database load, not
+//! stream count. An export holds one REPEATABLE READ transaction while the
+//! client reads it, so it is bounded twice: by `audit::Exports` (a quarter
+//! of the pool at once) and by `--export-stall-timeout` (a client that
+//! stops reading loses the connection).
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-/// The migrations in `migrations/`, compiled into the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+/// The migrations in `migrations/`, compiled into the binary. Migrations
+/// applied by a newer tidings are ignored rather than refused: during a
+/// rolling deploy or a rollback an older instance starts against the newer
+/// schema, and migrations only ever add to it (see docs/deployment.md).
+pub static MIGRATOR: LazyLock<Migrator> = LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!();
+    migrator.set_ignore_missing(true);
+    migrator
+});
 
 /// Connection options for `url`, labelled so operators can tell tidings'
 /// sessions apart in `pg_stat_activity`.
@@ -71,6 +85,29 @@ pub async fn snapshot(
         .await
 }
 
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// Applies the migrations this binary knows and has not applied yet, and
+/// warns about applied ones it does not know (a newer tidings made them).
+pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run(pool).await?;
+    let newer = unknown_migrations(pool).await?;
+    if !newer.is_empty() {
+        tracing::warn!(
+            versions = ?newer,
+            "the database has migrations this tidings does not know, applied by a newer \
+             version; carrying on (a rolling deploy or a rollback), but upgrade this \
+             instance soon"
+        );
+    }
+    Ok(())
+}
+
+/// Versions in the database's migration table that [`MIGRATOR`] lacks.
+async fn unknown_migrations(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
+    let mut conn = pool.acquire().await?;
+    let applied = conn.list_applied_migrations().await?;
+    Ok(applied
+        .into_iter()
+        .map(|migration| migration.version)
+        .filter(|version| !MIGRATOR.version_exists(*version))
+        .collect())
 }

@@ -6,26 +6,37 @@
 //! use, starting, and stopping - also when tidings dies without stopping it
 //! (a watchdog process does that). The cluster listens on no TCP port, only
 //! on a Unix socket inside the data directory. PostgreSQL refuses to run as
-//! root, so as root the cluster runs as an unprivileged user. This module
-//! must never touch a data directory another live tidings process holds.
+//! root, so as root the cluster runs as the owner of its existing data, or
+//! (on first use) as an unprivileged user. This module must never touch a
+//! data directory another live tidings process holds, never change the
+//! owner of anything before it knows whom the cluster runs as, and never let
+//! the operator's `PG*` variables reach the server binaries.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::unistd::{Uid, User};
+use nix::unistd::{Gid, Uid, User};
 
-/// Where the socket lives relative to the cluster's data; PostgreSQL resolves
-/// it against its own working directory, the data directory.
+/// The cluster's own data directory inside `--data-dir`
+/// (`<data-dir>/pgdata`). Its Unix socket lives there too:
+/// `unix_socket_directories = '.'` resolves against the server's working
+/// directory, which is this one.
 const PGDATA: &str = "pgdata";
+/// The port the socket is named after (`.s.PGSQL.5432`). Passed to the
+/// server explicitly, so a `PGPORT` in the environment cannot move it.
+const PORT: u16 = 5432;
 /// The role `initdb` creates as superuser; the URL logs in as it.
 const SUPERUSER: &str = "postgres";
 /// Linux refuses Unix socket paths longer than this (sun_path is 108 bytes).
 const MAX_SOCKET_PATH: usize = 107;
+/// How much of the server's log a failed start quotes.
+const LOG_TAIL_LINES: usize = 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -38,8 +49,9 @@ pub enum EmbeddedError {
          existing server with --database-url."
     )]
     NoBinaries,
-    #[error("the data directory {0} is in use by another tidings process")]
-    InUse(PathBuf),
+    /// `hint` says how to reach the running cluster instead, when it can.
+    #[error("the data directory {dir} is in use by another tidings process{hint}")]
+    InUse { dir: PathBuf, hint: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -51,6 +63,18 @@ pub enum EmbeddedError {
         what: String,
         status: std::process::ExitStatus,
         output: String,
+    },
+    /// pg_ctl only says "Examine the log output.": this says where it is,
+    /// and what its end says.
+    #[error(
+        "starting PostgreSQL failed ({status}):\n{output}\
+         The server's log is {log}; its last lines:\n{tail}"
+    )]
+    Start {
+        status: std::process::ExitStatus,
+        output: String,
+        log: PathBuf,
+        tail: String,
     },
     #[error("{0}")]
     Unusable(String),
@@ -83,6 +107,17 @@ pub enum Shutdown {
     Immediate,
 }
 
+/// The unprivileged user the server runs as when tidings is root.
+#[derive(Debug, Clone)]
+struct RunAs {
+    uid: Uid,
+    gid: Gid,
+    name: String,
+    /// Chosen because it owns the existing cluster (not by default), which
+    /// errors mention: the fix is then a `chown`, not another directory.
+    owns_pgdata: bool,
+}
+
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it
 /// down; if tidings dies instead, the watchdog shuts it down.
 pub struct EmbeddedPostgres {
@@ -94,7 +129,7 @@ pub struct EmbeddedPostgres {
     /// Where initdb, pg_ctl and postgres were found.
     bindir: PathBuf,
     /// Who the server runs as: `None` when tidings itself is not root.
-    run_as: Option<User>,
+    run_as: Option<RunAs>,
     url: String,
     /// Held for our lifetime: a second tidings on the same directory fails
     /// fast instead of stopping our cluster.
@@ -107,37 +142,44 @@ pub struct EmbeddedPostgres {
 impl EmbeddedPostgres {
     /// Starts (creating on first use) the cluster kept in `data_dir`.
     pub fn start(data_dir: &Path, options: &Options) -> Result<Self, EmbeddedError> {
-        let bindir = find_bindir().ok_or(EmbeddedError::NoBinaries)?;
+        let bindir =
+            find_bindir(data_major(&data_dir.join(PGDATA))).ok_or(EmbeddedError::NoBinaries)?;
         fs::create_dir_all(data_dir)
             .map_err(io_error(format!("creating {}", data_dir.display())))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(io_error(format!("resolving {}", data_dir.display())))?;
+        let pgdata = data_dir.join(PGDATA);
+        // Whom the server runs as is settled before anything is created or
+        // given away, so that nothing here ends up owned by the wrong user.
+        let run_as = cluster_user(&pgdata)?;
         let lock = lock_dir(&data_dir)?;
         let mut cluster = Self {
             data_dir: data_dir.clone(),
             options: options.clone(),
-            pgdata: data_dir.join(PGDATA),
+            pgdata,
             bindir,
-            run_as: unprivileged_user()?,
+            run_as,
             url: String::new(),
             _lock: lock,
             watchdog: None,
         };
         cluster.check_socket_path()?;
+        cluster.hand_over(&data_dir.join("tidings.lock"))?;
         if !cluster.pgdata.join("PG_VERSION").exists() {
             cluster.init(&data_dir)?;
         }
         cluster.stop_orphan()?;
         cluster.launch()?;
-        let port = options.tcp_port.unwrap_or(5432);
+        // `sslmode=disable`: PostgreSQL has no TLS on a Unix socket, and an
+        // operator's `PGSSLMODE=require` (meant for other databases) must
+        // not make the embedded cluster unreachable.
         cluster.url = format!(
-            "postgres:///postgres?host={}&port={port}&user={SUPERUSER}",
-            percent_encode(&cluster.pgdata.to_string_lossy())
+            "postgres:///postgres?host={}&port={}&user={SUPERUSER}&sslmode=disable",
+            percent_encode(&cluster.pgdata.to_string_lossy()),
+            cluster.port()
         );
-        let url_file = data_dir.join("DATABASE_URL");
-        fs::write(&url_file, format!("{}\n", cluster.url))
-            .map_err(io_error(format!("writing {}", url_file.display())))?;
+        cluster.write_url_file()?;
         Ok(cluster)
     }
 
@@ -158,10 +200,7 @@ impl EmbeddedPostgres {
             Shutdown::Fast => "fast",
             Shutdown::Immediate => "immediate",
         };
-        self.pg_ctl(
-            &["stop", "-m", mode, "-w", "-t", "60"],
-            "stopping PostgreSQL",
-        )?;
+        self.stop_server(mode)?;
         // Retire the old watchdog without waking it: woken, it would remove
         // the data directory (if asked to) under the restarted server.
         if let Some((mut watchdog, stdin)) = self.watchdog.take() {
@@ -175,11 +214,9 @@ impl EmbeddedPostgres {
     /// Fast shutdown: open sessions are ended, committed data is kept (or,
     /// with `remove_when_stopped`, removed before this returns - within a
     /// minute - so whatever runs next does not share the disk with it).
+    /// A server that is already gone counts as stopped.
     pub fn stop(mut self) -> Result<(), EmbeddedError> {
-        let result = self.pg_ctl(
-            &["stop", "-m", "fast", "-w", "-t", "60"],
-            "stopping PostgreSQL",
-        );
+        let result = self.stop_server("fast");
         // Closing the pipe releases the watchdog (whose kill now finds
         // nothing); it then removes the data directory if asked to.
         drop(self.watchdog.take());
@@ -189,11 +226,45 @@ impl EmbeddedPostgres {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        result.map(drop)
+        result
+    }
+
+    /// `pg_ctl stop`, which fails when the server is already gone (its pid
+    /// file removed): say, stopped by a signal to our whole process group,
+    /// as systemd's KillMode=control-group sends. That is success here.
+    fn stop_server(&self, mode: &str) -> Result<(), EmbeddedError> {
+        let stopped = self.pg_ctl(
+            &["stop", "-m", mode, "-w", "-t", "60"],
+            "stopping PostgreSQL",
+        );
+        match stopped {
+            Ok(_) => Ok(()),
+            Err(_) if self.is_not_running() => {
+                tracing::info!("PostgreSQL had already stopped");
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `pg_ctl status` exits 3 for "no server running" (and 4 when it cannot
+    /// read the data directory, which proves nothing).
+    fn is_not_running(&self) -> bool {
+        self.command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .output()
+            .is_ok_and(|out| out.status.code() == Some(3))
+    }
+
+    /// The port the server's socket (and TCP listener, if any) is named by.
+    fn port(&self) -> u16 {
+        self.options.tcp_port.unwrap_or(PORT)
     }
 
     fn check_socket_path(&self) -> Result<(), EmbeddedError> {
-        let socket = self.pgdata.join(".s.PGSQL.5432");
+        let socket = self.pgdata.join(format!(".s.PGSQL.{}", self.port()));
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(EmbeddedError::Unusable(format!(
                 "the socket path {} is longer than the {MAX_SOCKET_PATH} bytes Unix allows; \
@@ -257,9 +328,9 @@ impl EmbeddedPostgres {
             .open(&log)
             .map_err(io_error(format!("creating {}", log.display())))?;
         self.hand_over(&log)?;
-        let mut server_options = String::from("-c max_connections=200");
-        if let Some(port) = self.options.tcp_port {
-            server_options.push_str(&format!(" -c listen_addresses=127.0.0.1 -p {port}"));
+        let mut server_options = format!("-c max_connections=200 -p {}", self.port());
+        if self.options.tcp_port.is_some() {
+            server_options.push_str(" -c listen_addresses=127.0.0.1");
         }
         if self.options.fast_and_unsafe {
             server_options
@@ -278,7 +349,8 @@ impl EmbeddedPostgres {
                 &server_options,
             ],
             "starting PostgreSQL",
-        )?;
+        )
+        .map_err(|error| with_log(error, &log))?;
         let pid = self.postmaster_pid()?;
         let remove = self
             .options
@@ -286,6 +358,15 @@ impl EmbeddedPostgres {
             .then_some(self.data_dir.as_path());
         self.watchdog = Some(spawn_watchdog(pid, remove)?);
         Ok(())
+    }
+
+    /// Written as the cluster's user, so that the user who owns the data can
+    /// run tidings on it again after root did.
+    fn write_url_file(&self) -> Result<(), EmbeddedError> {
+        let url_file = self.data_dir.join("DATABASE_URL");
+        fs::write(&url_file, format!("{}\n", self.url))
+            .map_err(io_error(format!("writing {}", url_file.display())))?;
+        self.give(&url_file)
     }
 
     fn postmaster_pid(&self) -> Result<String, EmbeddedError> {
@@ -306,10 +387,18 @@ impl EmbeddedPostgres {
     }
 
     /// A server binary, run as the cluster's user, from a directory that user
-    /// can enter (the data directory's parent may be private to root).
+    /// can enter (the data directory's parent may be private to root), and
+    /// without the operator's `PG*` variables: PGPORT would move the socket
+    /// away from the port the URL names, PGDATA or PGOPTIONS would change
+    /// what runs. The cluster's settings are all on the command line.
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(self.bindir.join(program));
         command.stdin(Stdio::null()).current_dir("/");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("PG") {
+                command.env_remove(name);
+            }
+        }
         if let Some(user) = &self.run_as {
             command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
@@ -321,14 +410,22 @@ impl EmbeddedPostgres {
         self.hand_over(dir)
     }
 
-    /// Gives `path` to the cluster's user, and checks that user can reach it.
-    fn hand_over(&self, path: &Path) -> Result<(), EmbeddedError> {
+    /// Gives `path` to the cluster's user (when tidings is root).
+    fn give(&self, path: &Path) -> Result<(), EmbeddedError> {
         let Some(user) = &self.run_as else {
             return Ok(());
         };
         std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
             io_error(format!("giving {} to user {}", path.display(), user.name)),
-        )?;
+        )
+    }
+
+    /// Gives `path` to the cluster's user, and checks that user can reach it.
+    fn hand_over(&self, path: &Path) -> Result<(), EmbeddedError> {
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        self.give(path)?;
         let mut probe = Command::new("/bin/sh");
         probe
             .args(["-c", "test -r \"$0\""])
@@ -337,15 +434,53 @@ impl EmbeddedPostgres {
         probe.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         match probe.status() {
             Ok(status) if status.success() => Ok(()),
-            _ => Err(EmbeddedError::Unusable(format!(
-                "PostgreSQL refuses to run as root, so it runs as user {}, which cannot reach {}. \
-                 Choose a --data-dir that user can reach (every parent directory needs o+x), \
-                 e.g. under /var/lib or /tmp.",
-                user.name,
-                path.display()
-            ))),
+            _ => Err(EmbeddedError::Unusable(unreachable_for(user, path))),
         }
     }
+}
+
+/// Why root's cluster user cannot reach `path`, and what to do about it.
+fn unreachable_for(user: &RunAs, path: &Path) -> String {
+    let why = if user.owns_pgdata {
+        " (the owner of the existing cluster data)"
+    } else {
+        ""
+    };
+    format!(
+        "PostgreSQL refuses to run as root, so it runs as user {name}{why}, which cannot \
+         reach {path}. Choose a --data-dir that user can reach (every parent directory \
+         needs o+x), e.g. under /var/lib or /tmp, or give the data directory to the user \
+         that should run PostgreSQL (`chown -R <user>: <data-dir>`) and run tidings as \
+         that user.",
+        name = user.name,
+        path = path.display()
+    )
+}
+
+/// A failed `pg_ctl start` with the server log's path and its last lines.
+fn with_log(error: EmbeddedError, log: &Path) -> EmbeddedError {
+    match error {
+        EmbeddedError::Command { status, output, .. } => EmbeddedError::Start {
+            status,
+            output,
+            log: log.to_owned(),
+            tail: tail(log, LOG_TAIL_LINES).unwrap_or_else(|e| format!("(unreadable: {e})")),
+        },
+        other => other,
+    }
+}
+
+/// The last `lines` lines of the file at `path`, reading only its end: a
+/// server log grows across every run.
+fn tail(path: &Path, lines: usize) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let length = file.metadata()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(16 * 1024)))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..].join("\n"))
 }
 
 /// Runs `command`, turning a non-zero exit into an error carrying its output.
@@ -401,22 +536,77 @@ fi"#;
     Ok((child, stdin))
 }
 
+/// The directory's lock. When another tidings holds it, the error says how
+/// to use that process's cluster instead (its URL file is written once the
+/// cluster is up; a stale one names the same socket).
 fn lock_dir(data_dir: &Path) -> Result<Flock<File>, EmbeddedError> {
     let path = data_dir.join("tidings.lock");
     let file = File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| EmbeddedError::InUse(data_dir.to_owned()))
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        let url_file = data_dir.join("DATABASE_URL");
+        let hint = if url_file.is_file() {
+            format!(
+                "; to use its database meanwhile, run with \
+                 --database-url \"$(cat {})\"",
+                url_file.display()
+            )
+        } else {
+            String::new()
+        };
+        EmbeddedError::InUse {
+            dir: data_dir.to_owned(),
+            hint,
+        }
+    })
 }
 
-/// PostgreSQL will not run as root: pick the `postgres` user, else `nobody`.
-fn unprivileged_user() -> Result<Option<User>, EmbeddedError> {
+/// Whom the server runs as. Not root: ourselves. Root: the owner of the
+/// existing cluster (whoever ran tidings on it first; running it as anyone
+/// else would fail, after giving that user our log), or for a new cluster
+/// `postgres`, else `nobody`.
+fn cluster_user(pgdata: &Path) -> Result<Option<RunAs>, EmbeddedError> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
+    match fs::metadata(pgdata) {
+        Ok(metadata) => owner_of(pgdata, &metadata).map(Some),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => unprivileged_user().map(Some),
+        Err(error) => Err(io_error(format!("reading {}", pgdata.display()))(error)),
+    }
+}
+
+/// The owner of an existing cluster, who is who the server must run as.
+fn owner_of(pgdata: &Path, metadata: &fs::Metadata) -> Result<RunAs, EmbeddedError> {
+    let uid = Uid::from_raw(metadata.uid());
+    if uid.is_root() {
+        return Err(EmbeddedError::Unusable(format!(
+            "{pgdata} is owned by root, but PostgreSQL refuses to run as root. Give it to \
+             the user that should run PostgreSQL, e.g. `chown -R postgres: {pgdata}`",
+            pgdata = pgdata.display()
+        )));
+    }
+    let user = User::from_uid(uid).ok().flatten();
+    Ok(RunAs {
+        uid,
+        gid: user
+            .as_ref()
+            .map_or(Gid::from_raw(metadata.gid()), |u| u.gid),
+        name: user.map_or_else(|| format!("uid {uid}"), |u| u.name),
+        owns_pgdata: true,
+    })
+}
+
+/// PostgreSQL will not run as root: pick the `postgres` user, else `nobody`.
+fn unprivileged_user() -> Result<RunAs, EmbeddedError> {
     ["postgres", "nobody"]
         .iter()
         .find_map(|name| User::from_name(name).ok().flatten())
-        .map(Some)
+        .map(|user| RunAs {
+            uid: user.uid,
+            gid: user.gid,
+            name: user.name,
+            owns_pgdata: false,
+        })
         .ok_or_else(|| {
             EmbeddedError::Unusable(
                 "running as root, but there is neither a `postgres` nor a `nobody` user \
@@ -426,9 +616,21 @@ fn unprivileged_user() -> Result<Option<User>, EmbeddedError> {
         })
 }
 
+/// The major version an existing cluster was made by (`PG_VERSION`), if any.
+fn data_major(pgdata: &Path) -> Option<u32> {
+    fs::read_to_string(pgdata.join("PG_VERSION"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Finds initdb, pg_ctl and postgres: on PATH, through `pg_config --bindir`,
 /// or in the newest /usr/lib/postgresql/<version>/bin (Debian's layout).
-pub fn find_bindir() -> Option<PathBuf> {
+/// Of those, the first of the major version `data_major` wins: a server
+/// cannot open another major's data, and an upgrade installs the new major
+/// next to the old.
+pub fn find_bindir(data_major: Option<u32>) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -438,24 +640,59 @@ pub fn find_bindir() -> Option<PathBuf> {
         .ok()
         .filter(|out| out.status.success())
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    search_bindir(on_path, from_pg_config, Path::new("/usr/lib/postgresql"))
+    search_bindir(
+        on_path,
+        from_pg_config,
+        Path::new("/usr/lib/postgresql"),
+        data_major,
+    )
 }
 
 fn search_bindir(
     on_path: Vec<PathBuf>,
     from_pg_config: Option<PathBuf>,
     versioned_root: &Path,
+    data_major: Option<u32>,
 ) -> Option<PathBuf> {
     let has_all = |dir: &PathBuf| {
         ["initdb", "pg_ctl", "postgres"]
             .iter()
             .all(|b| dir.join(b).is_file())
     };
-    on_path
+    let found: Vec<PathBuf> = on_path
         .into_iter()
         .chain(from_pg_config)
         .chain(versioned_bindirs(versioned_root))
-        .find(has_all)
+        .filter(has_all)
+        .collect();
+    let matching = data_major.and_then(|major| {
+        found
+            .iter()
+            .find(|dir| major_of(dir, versioned_root) == Some(major))
+            .cloned()
+    });
+    matching.or_else(|| found.into_iter().next())
+}
+
+/// The major version of the server in `dir`: named by the directory under
+/// `versioned_root`, else as `postgres --version` says ("postgres
+/// (PostgreSQL) 15.4 ...").
+fn major_of(dir: &Path, versioned_root: &Path) -> Option<u32> {
+    if let Ok(rest) = dir.strip_prefix(versioned_root) {
+        let first = rest.components().next()?;
+        return first.as_os_str().to_str()?.parse().ok();
+    }
+    let output = Command::new(dir.join("postgres"))
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .split("(PostgreSQL)")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    version.split('.').next()?.parse().ok()
 }
 
 /// `<root>/<major version>/bin`, newest first.
@@ -513,9 +750,24 @@ mod tests {
         fake_install(&root.join("16/bin"))?;
         fs::create_dir_all(root.join("17/bin"))?; // incomplete: skipped
 
-        let found = search_bindir(vec![root.join("nothing-here")], None, &root);
+        let found = search_bindir(vec![root.join("nothing-here")], None, &root, None);
 
         assert_eq!(found, Some(root.join("16/bin")));
+        fs::remove_dir_all(root)
+    }
+
+    #[test]
+    fn the_install_matching_the_existing_data_wins_over_a_newer_one() -> Outcome {
+        let root = scratch()?;
+        fake_install(&root.join("on-path"))?; // no version to tell: not preferred
+        fake_install(&root.join("15/bin"))?;
+        fake_install(&root.join("16/bin"))?;
+
+        let found = search_bindir(vec![root.join("on-path")], None, &root, Some(15));
+        let without_data = search_bindir(vec![], None, &root, None);
+
+        assert_eq!(found, Some(root.join("15/bin")));
+        assert_eq!(without_data, Some(root.join("16/bin")));
         fs::remove_dir_all(root)
     }
 
@@ -530,6 +782,7 @@ mod tests {
             vec![root.join("on-path")],
             Some(root.join("pg-config")),
             &root,
+            None,
         );
 
         assert_eq!(found, Some(root.join("on-path")));
@@ -540,7 +793,7 @@ mod tests {
     fn without_binaries_the_error_is_a_one_paragraph_hint() -> Outcome {
         let root = scratch()?;
 
-        let found = search_bindir(vec![], None, &root);
+        let found = search_bindir(vec![], None, &root, None);
         let hint = EmbeddedError::NoBinaries.to_string();
 
         assert_eq!(found, None);

@@ -1,8 +1,17 @@
-//! Shutting down ends open streams cleanly, so clients reconnect and resume.
+//! Shutting down ends open streams cleanly, so clients reconnect and resume;
+//! and it ends a start still migrating, and a run whose embedded PostgreSQL
+//! is already gone, without hanging or failing.
 
 use std::time::Duration;
 
-use crate::helpers::spawn_app;
+use sqlx::{Connection, PgConnection};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use tidings::app::{self, Settings, StreamSettings};
+
+use crate::helpers::{fresh_database, spawn_app, Binary, SECRET};
+use crate::startup::TempDir;
 
 #[tokio::test]
 async fn graceful_shutdown_ends_open_streams_and_the_server() {
@@ -19,4 +28,118 @@ async fn graceful_shutdown_ends_open_streams_and_the_server() {
         .await
         .expect("server stopped")
         .expect("server task");
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_start_whose_migration_waits_for_a_lock() {
+    let database = fresh_database().await.expect("database");
+    let mut holder = PgConnection::connect_with(&database)
+        .await
+        .expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut holder)
+        .await
+        .expect("begin");
+    sqlx::query("LOCK TABLE public._sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = tokio::spawn(app::serve(
+        settings(database.clone()),
+        listener,
+        shutdown.clone(),
+    ));
+    wait_for_a_migration_waiting_for_a_lock(&database).await;
+
+    shutdown.cancel();
+
+    let stopped = tokio::time::timeout(Duration::from_secs(5), server).await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut holder)
+        .await
+        .expect("rollback");
+    stopped
+        .expect("the server stopped while the migration waited")
+        .expect("server task")
+        .expect("serve");
+}
+
+#[tokio::test]
+async fn sigterm_after_the_embedded_postgres_already_stopped_exits_cleanly() {
+    let dir = TempDir::new();
+    let mut server = Binary::serve(&[("TIDINGS_DATA_DIR", &dir.env())]).expect("start");
+    server.wait_until_ready().await.expect("ready");
+    let pid_file = dir.0.join("pgdata/postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .expect("postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|line| line.trim().parse().ok())
+        .expect("a pid");
+    // As systemd's KillMode=control-group does: the server is signalled too.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("stop the postmaster");
+    for _ in 0..200 {
+        if !pid_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pid_file.exists(), "PostgreSQL did not stop");
+
+    let status = server.terminate().expect("terminate");
+
+    assert!(
+        status.success(),
+        "exit status {status}:\n{}",
+        server.lines().join("\n")
+    );
+}
+
+/// Until tidings' migration session waits for a lock. Watched from a
+/// connection of its own: a transaction sees one `pg_stat_activity`.
+async fn wait_for_a_migration_waiting_for_a_lock(database: &sqlx::postgres::PgConnectOptions) {
+    let mut watcher = PgConnection::connect_with(database).await.expect("connect");
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'tidings' AND wait_event_type = 'Lock'
+               AND datname = current_database()",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the migration never waited for the lock");
+}
+
+fn settings(database: sqlx::postgres::PgConnectOptions) -> Settings {
+    Settings {
+        database,
+        pool_size: 4,
+        jwt_secret: SECRET.as_bytes().to_vec(),
+        streams: StreamSettings {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(1),
+            max_per_recipient: 0,
+        },
+        listener_check: Duration::from_secs(1),
+        sweep_interval: Duration::from_secs(30),
+        hint_lease: Duration::from_secs(300),
+        catch_up_concurrency: 4,
+        cors_origins: vec![],
+        max_request_head: 8192,
+        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
+        export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
+        demo_mode: false,
+    }
 }
