@@ -27,7 +27,7 @@ const SCENARIO_DEADLINE: Duration = Duration::from_secs(180);
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
-async fn browser_shows_rows_inserted_with_sql_within_a_second_on_the_demo_page() {
+async fn browser_shows_rows_inserted_with_sql_live_once_each_in_order_on_the_demo_page() {
     run_scenario("live").await;
 }
 
@@ -106,7 +106,7 @@ async fn browser_client_is_a_module_with_an_etag_that_revalidates_to_304() {
 }
 
 #[tokio::test]
-async fn browser_demo_page_offers_the_publish_form_only_in_dev_mode() {
+async fn browser_demo_page_offers_the_publish_form_only_in_demo_mode() {
     let configured = spawn_app().await;
     let dev = spawn_app_with(|settings| settings.demo_mode = true).await;
 

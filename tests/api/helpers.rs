@@ -102,6 +102,51 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub shutdown: CancellationToken,
     pub server: tokio::task::JoinHandle<()>,
+    /// Fails the test if the server stopped without `shutdown` being asked.
+    _watch: ServerWatch,
+}
+
+/// Why the in-process server stopped on its own, if it did: a test whose
+/// last check is "nothing arrives" must not pass against a dead server.
+pub struct ServerWatch {
+    shutdown: CancellationToken,
+    stopped: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl ServerWatch {
+    /// Why the server stopped without a requested shutdown, if it did.
+    pub fn stopped_on_its_own(&self) -> Option<String> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        self.stopped.lock().ok()?.clone()
+    }
+}
+
+impl Drop for ServerWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(why) = self.stopped_on_its_own() {
+            panic!("the in-process tidings server stopped during the test: {why}");
+        }
+    }
+}
+
+/// Records how the server task ended; still armed when dropped, it ended by
+/// panicking (or by being cancelled, which only happens after the test).
+struct StopRecorder {
+    stopped: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    outcome: String,
+}
+
+impl Drop for StopRecorder {
+    fn drop(&mut self) {
+        if let Ok(mut stopped) = self.stopped.lock() {
+            *stopped = Some(std::mem::take(&mut self.outcome));
+        }
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -135,12 +180,23 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));
     let shutdown = CancellationToken::new();
+    let stopped = std::sync::Arc::new(std::sync::Mutex::new(None));
     let server = tokio::spawn({
-        let shutdown = shutdown.clone();
+        // serve cancels the token it gets when it stops: a child token
+        // keeps `shutdown` meaning "the test asked for it".
+        let serving = shutdown.child_token();
+        let mut recorder = StopRecorder {
+            stopped: stopped.clone(),
+            outcome: "the server task panicked".into(),
+        };
         async move {
-            app::serve(settings, listener, shutdown)
-                .await
-                .expect("server")
+            let result = app::serve(settings, listener, serving).await;
+            recorder.outcome = match &result {
+                Ok(()) => "serve returned".into(),
+                Err(error) => format!("serve failed: {error}"),
+            };
+            drop(recorder);
+            result.expect("server")
         }
     });
     let app = TestApp {
@@ -150,6 +206,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
             .expect("test pool"),
         keys: Keys::new(SECRET.as_bytes()),
         client: reqwest::Client::new(),
+        _watch: ServerWatch {
+            shutdown: shutdown.clone(),
+            stopped,
+        },
         shutdown,
         server,
     };
@@ -292,7 +352,9 @@ impl SseEvent {
 /// A spec-following SSE reader over a streaming HTTP response.
 pub struct SseClient {
     body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
+    /// Raw bytes: a chunk may end inside a multi-byte character, so only
+    /// complete events are decoded.
+    buffer: Vec<u8>,
     pub retry: Option<u64>,
     pub comments: usize,
 }
@@ -301,7 +363,7 @@ impl SseClient {
     pub fn new(response: reqwest::Response) -> Self {
         Self {
             body: response.bytes_stream().boxed(),
-            buffer: String::new(),
+            buffer: Vec::new(),
             retry: None,
             comments: 0,
         }
@@ -312,6 +374,21 @@ impl SseClient {
         tokio::time::timeout(wait, self.next_event())
             .await
             .context("no event in time")?
+    }
+
+    /// Whether `wait` passed with the stream still open and no event
+    /// arriving: the check for "nothing more arrives". An event makes it
+    /// false; a stream that ends or breaks fails the test, since a dead
+    /// stream is quiet for the wrong reason.
+    pub async fn quiet_for(&mut self, wait: Duration) -> bool {
+        match tokio::time::timeout(wait, self.next_event()).await {
+            Err(_elapsed) => true,
+            Ok(Ok(event)) => {
+                eprintln!("expected quiet, got {event:?}");
+                false
+            }
+            Ok(Err(error)) => panic!("expected a quiet open stream, got: {error:#}"),
+        }
     }
 
     pub async fn next(&mut self) -> SseEvent {
@@ -345,14 +422,17 @@ impl SseClient {
 
     async fn next_event(&mut self) -> Result<SseEvent> {
         loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block).context("an event that is not UTF-8")?;
                 if let Some(event) = self.parse_block(&block) {
                     return Ok(event);
                 }
             }
             match self.body.next().await {
-                Some(chunk) => self.buffer.push_str(std::str::from_utf8(&chunk?)?),
+                Some(chunk) => self
+                    .buffer
+                    .extend_from_slice(&chunk.context("broke the connection")?),
                 None => bail!("stream ended"),
             }
         }
@@ -387,6 +467,20 @@ impl SseClient {
             }
         }
         has_data.then_some(event)
+    }
+}
+
+/// The next hint's payload on tidings' channel, if one comes within `wait`.
+/// Skips the service's own listener checks (`check:<uuid>`, sent every
+/// `listener_check`): they share the channel but are not hints.
+pub async fn next_hint(hints: &mut sqlx::postgres::PgListener, wait: Duration) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let hint = tokio::time::timeout_at(deadline, hints.recv()).await.ok()?;
+        let payload = hint.expect("hint").payload().to_owned();
+        if !payload.starts_with("check:") {
+            return Some(payload);
+        }
     }
 }
 
@@ -560,15 +654,33 @@ impl Binary {
         }
     }
 
-    /// Resident memory of the process, in KiB.
+    /// Resident memory of the process, in KiB. Panics if it cannot be
+    /// read: a memory check must not pass without measuring.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib_of(self.child.id())
+    }
+
+    /// Samples the process's resident memory every 20 ms on a thread of
+    /// its own until [`RssSampler::peak`]: a single reading after a pause
+    /// can miss the high point.
+    pub fn sample_rss(&self) -> RssSampler {
+        let pid = self.child.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = rss_kib_of(pid);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    peak = peak.max(rss_kib_of(pid));
+                }
+                peak
+            }
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -587,9 +699,71 @@ impl Binary {
     }
 }
 
+/// Resident memory of process `pid`, in KiB; panics if it cannot be read.
+fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|error| panic!("reading /proc/{pid}/status: {error}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// A running [`Binary::sample_rss`].
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    /// Stops sampling; the highest reading, in KiB.
+    pub fn peak(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let thread = self.thread.take().expect("sampling");
+        thread.join().expect("RSS sampling failed")
+    }
+}
+
+impl Drop for RssSampler {
+    /// A test that fails midway stops the sampling before its process goes.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Drop for Binary {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An [`SseClient`] over `chunks`, as a server might split its body.
+#[cfg(test)]
+fn sse_over(chunks: Vec<&'static [u8]>) -> SseClient {
+    let body = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|chunk| Ok::<_, std::io::Error>(bytes::Bytes::from_static(chunk))),
+    );
+    let response = axum::http::Response::new(reqwest::Body::wrap_stream(body));
+    SseClient::new(reqwest::Response::from(response))
+}
+
+#[tokio::test]
+async fn the_sse_reader_decodes_a_character_split_across_chunks() {
+    let mut client = sse_over(vec![b"id: 1\ndata: \"\xc3", b"\xa9\"\n\n"]);
+
+    let event = client.next().await;
+
+    assert_eq!(event.json(), "é");
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected a quiet open stream")]
+async fn a_stream_that_ended_is_not_quiet() {
+    let mut client = sse_over(vec![b": heartbeat\n\n"]);
+
+    client.quiet_for(Duration::from_millis(100)).await;
 }

@@ -8,19 +8,13 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{next_hint, spawn_app, spawn_app_with, TestApp};
 
 /// A session listening on tidings' channel, as the service's own does.
 async fn listen(app: &TestApp) -> PgListener {
     let mut hints = PgListener::connect_with(&app.db).await.expect("listener");
     hints.listen("tidings").await.expect("listen");
     hints
-}
-
-/// The next hint's payload, if one comes within `wait`.
-async fn next_hint(hints: &mut PgListener, wait: Duration) -> Option<String> {
-    let hint = tokio::time::timeout(wait, hints.recv()).await.ok()?;
-    Some(hint.expect("hint").payload().to_owned())
 }
 
 /// No sweep within any test's time: only hints can deliver live events.
@@ -119,7 +113,7 @@ async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append(
                 .expect("stream")
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_a_lock_wait(&app).await;
     append.commit().await.expect("commit");
     let mut alice = crate::helpers::SseClient::new(opening.await.expect("opened"));
 
@@ -136,24 +130,54 @@ async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append(
 
 #[tokio::test]
 async fn the_leases_of_many_streamed_recipients_are_renewed_together() {
+    // Arrange: 50 streamed recipients, each lease taken as its stream opened.
     let app = spawn_app_with(|s| s.hint_lease = Duration::from_secs(1)).await;
     let names: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
     let mut streams = Vec::new();
     for name in &names {
         streams.push(app.stream(name, None).await);
     }
+    let taken = leases(&app, &names).await;
+    assert_eq!(taken.len(), 50, "every stream took a lease: {taken:?}");
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let leased: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tidings.recipients WHERE recipient = ANY($1) AND hints_until > now()",
+    // Act: let renewals run until one pass has renewed them all.
+    let mut renewed = taken.clone();
+    for _ in 0..300 {
+        renewed = leases(&app, &names).await;
+        let all_grew = renewed.iter().zip(&taken).all(|(new, old)| new > old);
+        if all_grew && renewed.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert: every lease grew, and all in one UPDATE (one now()).
+    assert!(
+        renewed.iter().zip(&taken).all(|(new, old)| new > old),
+        "every lease was renewed"
+    );
+    let distinct: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT hints_until) FROM tidings.recipients WHERE recipient = ANY($1)",
     )
     .bind(&names)
     .fetch_one(&app.db)
     .await
-    .expect("count");
-
-    assert_eq!(leased, 50);
+    .expect("distinct");
+    assert_eq!(distinct, 1, "renewed together: {renewed:?}");
     drop(streams);
+}
+
+/// The `hints_until` of `names`, in the order of `names` (leased ones only).
+async fn leases(app: &TestApp, names: &[String]) -> Vec<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar(
+        "SELECT r.hints_until FROM unnest($1::text[]) WITH ORDINALITY AS n(name, i)
+           JOIN tidings.recipients r ON r.recipient = n.name
+          WHERE r.hints_until IS NOT NULL ORDER BY n.i",
+    )
+    .bind(names)
+    .fetch_all(&app.db)
+    .await
+    .expect("leases")
 }
 
 #[tokio::test]
@@ -215,6 +239,25 @@ async fn a_long_transaction_holding_the_counter_row_does_not_hold_up_a_new_strea
         (event.seq(), event.json()["kind"].clone()),
         (2, json!("long"))
     );
+}
+
+/// Waits until one of tidings' request sessions waits for a lock: the
+/// stream's lease, queued behind the append's row lock.
+async fn wait_for_a_lock_wait(app: &TestApp) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                AND application_name = 'tidings' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .expect("activity");
+        if waiting >= 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the stream's lease never waited for the append's row lock");
 }
 
 /// An append to `recipient` whose transaction is still open: it holds the

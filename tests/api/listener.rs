@@ -34,6 +34,27 @@ async fn try_set_hints(db: &sqlx::PgPool, on: bool) -> Result<(), sqlx::Error> {
         .map(drop)
 }
 
+/// Waits until the hub's session has sat idle for several samples in a
+/// row: no fetch is running (and none was queued behind the last one).
+async fn wait_until_the_hub_is_idle(app: &TestApp) {
+    let mut idle_samples = 0;
+    for _ in 0..500 {
+        let idle: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_and(state = 'idle'), false) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'tidings-hub'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .expect("hub activity");
+        idle_samples = if idle { idle_samples + 1 } else { 0 };
+        if idle_samples == 5 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the hub's session never went idle");
+}
+
 async fn wait_for_readyz(app: &TestApp, status: u16) -> bool {
     for _ in 0..2000 {
         if app.readyz().await == status {
@@ -77,10 +98,7 @@ async fn killing_the_listener_backend_loses_nothing_and_readyz_goes_503_then_200
     assert!(saw_503, "/readyz reported the listener down");
     assert_eq!(seqs(&events), (1..=600).collect::<Vec<_>>());
     assert!(
-        stream
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_err(),
+        stream.quiet_for(Duration::from_millis(300)).await,
         "no duplicate"
     );
 }
@@ -91,20 +109,18 @@ async fn rows_committed_while_the_listener_is_down_are_delivered_after_it_return
     // the listener rebuild itself (and catch up) before we kill it.
     let app = spawn_app_with(|s| s.listener_check = Duration::from_secs(600)).await;
     let mut stream = app.stream("alice", None).await;
-    // A hinted row first, then a pause: the fetches that startup and this
-    // hint queued are over, so none can pick up the unhinted row below.
+    // A hinted row first, then the hub's session idle: the fetches that
+    // startup and this hint queued are over, so none can pick up the
+    // unhinted row below.
     app.insert("alice", "hinted", json!({})).await;
     assert_eq!(stream.next().await.json()["kind"], "hinted");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_the_hub_is_idle(&app).await;
     // Stop hints from reaching tidings at all by dropping them at the source.
     set_hints(&app, false).await;
     app.insert("alice", "unhinted", json!({})).await;
     set_hints(&app, true).await;
     assert!(
-        stream
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_err(),
+        stream.quiet_for(Duration::from_millis(300)).await,
         "no hint, no delivery yet"
     );
 

@@ -232,7 +232,7 @@ export class Tidings {
     }
   }
 
-  /** The ready-to-open link tidings logs in dev mode. */
+  /** The ready-to-open link tidings logs in demo mode. */
   demoUrl() {
     const found = this.#log.match(/open (http:\/\/\S+\?access_token=[\w.-]+)/);
     if (!found) throw new Error(`no demo URL in the log:\n${this.#log}`);

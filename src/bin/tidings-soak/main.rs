@@ -15,7 +15,8 @@
 //! `kill-tidings` (SIGKILL, then restart), `rolling-restart` (SIGTERM each
 //! instance in turn), `lost-hints` (hints are switched off at the source,
 //! `tidings.set_hints(false)`, for a while). Client connections are cut at
-//! random points throughout.
+//! random points throughout. Each requested fault is injected at least
+//! `--each-fault-at-least` times, even if that takes past `--duration`.
 
 mod client;
 mod fleet;
@@ -70,6 +71,11 @@ struct Args {
     /// Time between faults.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     fault_every: Duration,
+    /// Each requested fault is injected at least this often before the run
+    /// ends, however long that takes past `--duration`: a slow restart must
+    /// not push a requested fault out of the run.
+    #[arg(long, default_value_t = 1)]
+    each_fault_at_least: usize,
     /// The tidings binary (default: next to this one).
     #[arg(long)]
     tidings: Option<PathBuf>,
@@ -191,15 +197,26 @@ async fn soak(args: &Args, faults: &[Fault]) -> Result<Report> {
     let (finish_tx, finish_rx) = tokio::sync::watch::channel(None);
     let clients = spawn_clients(args, &rig, &recipients, finish_rx);
     let injected = Arc::new(Mutex::new(BTreeMap::new()));
+    let schedule = Schedule {
+        faults: faults.to_vec(),
+        every: args.fault_every,
+        rounds: faults.len() * args.each_fault_at_least,
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    let done = schedule.done.clone();
     let fault_task = tokio::spawn(inject_faults(
         rig.clone(),
-        faults.to_vec(),
-        args.fault_every,
+        schedule,
         stop.clone(),
         injected.clone(),
     ));
 
     tokio::time::sleep(args.duration).await;
+    // The writers keep writing until every requested fault has had its turn
+    // (or the injector failed, which the await below reports).
+    while !done.load(Ordering::Relaxed) && !fault_task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     fault_task.await??;
     for writer in writers {
@@ -336,20 +353,33 @@ fn spawn_clients(
     handles
 }
 
-async fn inject_faults(
-    rig: Arc<Rig>,
+/// Which faults to inject, how often, and how many rounds at least.
+struct Schedule {
     faults: Vec<Fault>,
     every: Duration,
+    /// Rounds to run before `stop` is honoured.
+    rounds: usize,
+    /// Set once those rounds have run.
+    done: Arc<AtomicBool>,
+}
+
+async fn inject_faults(
+    rig: Arc<Rig>,
+    schedule: Schedule,
     stop: Arc<AtomicBool>,
     injected: Arc<Mutex<BTreeMap<String, u64>>>,
 ) -> Result<()> {
-    if faults.is_empty() {
-        return Ok(());
-    }
+    let faults = &schedule.faults;
     for round in 0usize.. {
-        let wake = Instant::now() + every;
+        if round >= schedule.rounds {
+            schedule.done.store(true, Ordering::Relaxed);
+        }
+        if faults.is_empty() {
+            return Ok(());
+        }
+        let wake = Instant::now() + schedule.every;
         while Instant::now() < wake {
-            if stop.load(Ordering::Relaxed) {
+            if round >= schedule.rounds && stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
