@@ -377,3 +377,134 @@ async fn the_tidings_auditor_role_reads_the_audit_log_and_nothing_else() {
     assert!(table.is_err(), "the tables themselves are not readable");
     assert!(write.is_err(), "nothing is writable");
 }
+
+#[tokio::test]
+async fn redefining_the_databases_canonical_functions_does_not_hide_an_edit_from_verify() {
+    // Arrange: a superuser edits alice's seq 2, then redefines the
+    // functions the triggers encode events with, so that they print the
+    // forged row as the original: recomputed by the database, its hash
+    // matches again.
+    let app = spawn_app().await;
+    history(&app).await;
+    tamper(&app, "UPDATE tidings.notifications SET payload = '{\"n\": 200}' WHERE recipient = 'alice' AND seq = 2").await;
+    let forge = r#"
+        CREATE OR REPLACE FUNCTION tidings.notification_text(recipient text, seq bigint, id bigint, kind text,
+                payload jsonb, idempotency_key uuid, created_at timestamptz) RETURNS bytea
+        LANGUAGE sql STABLE AS $$
+            SELECT convert_to(json_build_array('notification', recipient, seq, id, kind,
+                CASE WHEN payload = '{"n": 200}' THEN '{"n": 2}'::jsonb ELSE payload END,
+                idempotency_key, (extract(epoch FROM created_at) * 1000000)::bigint)::text, 'UTF8');
+        $$;
+        CREATE OR REPLACE FUNCTION tidings.canonical(n tidings.notifications) RETURNS bytea
+        LANGUAGE sql STABLE AS $$
+            SELECT tidings.notification_text(n.recipient, n.seq, n.id, n.kind, n.payload,
+                n.idempotency_key, n.created_at);
+        $$;
+    "#;
+    sqlx::raw_sql(forge).execute(&app.db).await.expect("forge");
+    let fooled: bool = sqlx::query_scalar(
+        "SELECT n.hash = sha256(p.hash || tidings.canonical(n))
+           FROM tidings.notifications n, tidings.notifications p
+          WHERE n.recipient = 'alice' AND n.seq = 2 AND p.recipient = 'alice' AND p.seq = 1",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("the database's own check");
+    assert!(
+        fooled,
+        "the forgery fools anything that trusts these functions"
+    );
+
+    // Act
+    let verdict = verify_api(&app, Some("alice")).await;
+    let (cli_ok, cli_out) = verify_cli(&app, &["--recipient", "alice"]);
+
+    // Assert
+    assert_eq!(verdict["ok"], false, "{verdict}");
+    assert_eq!(verdict["broken"]["seq"], 2, "{verdict}");
+    assert!(!cli_ok);
+    assert!(cli_out.contains("\"seq\": 2"), "{cli_out}");
+}
+
+/// I9 (migrations/0002_audit.sql): the auditor reads `tidings.audit_log`
+/// and nothing else - not the tables and views behind it, not
+/// `set_hints` (EXECUTE revoked from PUBLIC in 0005; the call would fail
+/// anyway, on redefining `send_hint`) - and holds no privilege to write
+/// through the view. (Writes to it fail with 55000
+/// before privileges are checked, as a UNION view is not updatable; the
+/// privilege check is what would still hold if it ever became so.)
+#[tokio::test]
+async fn the_tidings_auditor_role_may_not_read_the_tables_call_set_hints_or_write_the_view() {
+    let app = spawn_app().await;
+    history(&app).await;
+    let login = format!("auditor_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {login} LOGIN; GRANT tidings_auditor TO {login}"
+    ))
+    .execute(&app.db)
+    .await
+    .expect("an auditor login");
+    let hidden: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace
+          WHERE s.nspname = 'tidings' AND c.relkind IN ('r', 'v', 'm', 'p', 'f', 'S')
+            AND c.relname <> 'audit_log' ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("the schema's relations");
+    for table in ["notifications", "reads", "read_marks", "recipients"] {
+        assert!(hidden.iter().any(|h| h == table), "{table}: {hidden:?}");
+    }
+    let mut denied: Vec<String> = hidden
+        .iter()
+        .map(|relation| format!("SELECT * FROM tidings.{relation}"))
+        .collect();
+    denied.push("SELECT tidings.set_hints(false)".into());
+    let writes = [
+        "UPDATE tidings.audit_log SET kind = 'forged'",
+        "DELETE FROM tidings.audit_log",
+        "INSERT INTO tidings.audit_log (type, recipient, kind) VALUES ('notification', 'x', 'y')",
+    ];
+
+    let options: PgConnectOptions = app.db.connect_options().as_ref().clone().username(&login);
+    let mut auditor = options.connect().await.expect("connect as the auditor");
+    let mut allowed = Vec::new();
+    for statement in &denied {
+        let outcome = sqlx::query(statement).execute(&mut auditor).await;
+        if sqlstate(&outcome).as_deref() != Some("42501") {
+            allowed.push(format!("{statement}: {outcome:?}"));
+        }
+    }
+    for statement in writes {
+        let outcome = sqlx::query(statement).execute(&mut auditor).await;
+        if outcome.is_ok() {
+            allowed.push(format!("{statement}: {outcome:?}"));
+        }
+    }
+    let held: (bool, bool) = sqlx::query_as(
+        "SELECT has_table_privilege(current_user, 'tidings.audit_log',
+                    'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'),
+                has_function_privilege(current_user, 'tidings.set_hints(boolean)', 'EXECUTE')",
+    )
+    .fetch_one(&mut auditor)
+    .await
+    .expect("privileges");
+    auditor.close().await.expect("close");
+
+    assert!(allowed.is_empty(), "not refused: {allowed:#?}");
+    assert_eq!(
+        held,
+        (false, false),
+        "(a write privilege on the view, EXECUTE on set_hints)"
+    );
+}
+
+/// The SQLSTATE an outcome failed with, if it failed in the database.
+fn sqlstate<T>(outcome: &Result<T, sqlx::Error>) -> Option<String> {
+    outcome
+        .as_ref()
+        .err()
+        .and_then(|error| error.as_database_error())
+        .and_then(|error| error.code())
+        .map(|code| code.into_owned())
+}

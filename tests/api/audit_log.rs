@@ -424,3 +424,52 @@ async fn exports_beyond_the_limit_are_a_503_and_a_stalled_one_ends_and_lets_go()
         "the stalled export broke off instead of ending as if complete"
     );
 }
+
+#[tokio::test]
+async fn an_export_is_one_snapshot_that_rows_inserted_midway_do_not_join() {
+    // Arrange: a result (~40 MB) far larger than the buffers between the
+    // export's query and the client, so the query is still running when
+    // the first line arrives.
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO tidings.notifications (recipient, kind, payload)
+         SELECT 'alice', 'big', jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 10000)",
+    )
+    .execute(&app.db)
+    .await
+    .expect("rows");
+    let response = auditor(&app, "/v1/audit/events?recipient=alice")
+        .header("Accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut text = Vec::new();
+    while !text.contains(&b'\n') {
+        text.extend_from_slice(&body.next().await.expect("a chunk").expect("chunk"));
+    }
+
+    // Act: more rows for alice while the export's query runs.
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND pid <> pg_backend_pid()
+            AND state = 'active' AND query LIKE '%FROM tidings.audit_log%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("activity");
+    app.insert_many("alice", 100).await;
+    while let Some(chunk) = body.next().await {
+        text.extend_from_slice(&chunk.expect("chunk"));
+    }
+
+    // Assert
+    assert_eq!(running, 1, "the export was still running at the inserts");
+    let lines: Vec<Value> = String::from_utf8_lossy(&text)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 10_000, "the rows as they stood at the start");
+    assert_eq!(lines[9_999]["seq"], 10_000);
+}

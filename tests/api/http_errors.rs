@@ -1,5 +1,7 @@
 //! The HTTP surface at its edges: unknown paths and methods get problem
-//! documents, a server error is logged once, clients that make things up
+//! documents, a server error is logged once, every log line of a request
+//! carries its id but never its token, a recipient whose rows cannot be
+//! read is named in an ERROR line, clients that make things up
 //! or stall cannot grow or hold the server, and the server answers its
 //! probes (and a demo link) from the moment it listens.
 
@@ -10,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    assert_problem, fresh_database, header, spawn_app, spawn_app_with, url_of, Binary,
+    assert_problem, fresh_database, header, spawn_app, spawn_app_with, url_of, Binary, SseClient,
 };
 use tidings::config::Role;
 
@@ -249,4 +251,147 @@ async fn probes_answer_while_the_database_is_unreachable_and_other_requests_wait
     );
     assert_problem(other, 503).await;
     assert!(status.success(), "{status}");
+}
+
+/// The JSON log lines of a request to `path`: those whose span is the
+/// request span (`app::request_span`) with that path.
+fn lines_of_request(lines: &[String], path: &str) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["span"]["name"] == "request" && line["span"]["path"] == path)
+        .collect()
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id_and_never_its_query_string() {
+    // Arrange: JSON logs with tower_http's own per-request lines on, over a
+    // database whose audit view is gone (so the request logs an ERROR);
+    // the token comes in the query string, as a browser's EventSource
+    // sends it.
+    let database = fresh_database().await.expect("database");
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &url_of(&database)),
+        ("TIDINGS_LOG_FORMAT", "json"),
+        ("RUST_LOG", "debug"),
+    ])
+    .expect("tidings");
+    server.wait_until_ready().await.expect("ready");
+    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
+    sqlx::query("ALTER VIEW tidings.audit_log RENAME TO audit_log_gone")
+        .execute(&db)
+        .await
+        .expect("rename");
+    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
+        .issue("auditor", &[Role::Auditor], Duration::from_secs(600))
+        .expect("token");
+
+    // Act
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/audit/events?access_token={token}&kind=k",
+            server.address
+        ))
+        .header("x-request-id", "rid-1")
+        .send()
+        .await
+        .expect("request");
+    assert_problem(response, 500).await;
+    let is_error =
+        |line: &str| serde_json::from_str::<Value>(line).is_ok_and(|line| line["level"] == "ERROR");
+    server.lines_within(Duration::from_secs(5), is_error).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = server.lines();
+
+    // Assert: the request's lines (its ERROR among them) all name rid-1,
+    // and no line anywhere holds the token or the query string.
+    let of_request = lines_of_request(&lines, "/v1/audit/events");
+    assert!(
+        of_request.iter().any(|line| line["level"] == "ERROR"),
+        "the ERROR is logged within the request's span: {lines:#?}"
+    );
+    for line in &of_request {
+        assert_eq!(line["span"]["id"], "rid-1", "{line}");
+    }
+    let leaks: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains(&token) || line.contains("access_token"))
+        .collect();
+    assert!(leaks.is_empty(), "{leaks:#?}");
+}
+
+/// Makes every read of mallory's events fail as a damaged page would
+/// (SQLSTATE XX001), and nobody else's: the events view gains a filter
+/// that raises for her.
+async fn damage_mallory(db: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        r#"
+        CREATE FUNCTION public.readable(who text) RETURNS boolean
+        LANGUAGE plpgsql STABLE AS $$
+        BEGIN
+            IF who = 'mallory' THEN
+                RAISE EXCEPTION 'invalid page in block 7 of relation base/1/2'
+                    USING ERRCODE = 'data_corrupted';
+            END IF;
+            RETURN true;
+        END;
+        $$;
+        CREATE OR REPLACE VIEW tidings.events AS
+            SELECT recipient, seq, 'notification'::text AS type, id, kind, payload,
+                   NULL::bigint[] AS notification_ids, created_at
+              FROM tidings.notifications WHERE public.readable(recipient)
+            UNION ALL
+            SELECT recipient, seq, 'read'::text AS type, id, NULL::text, NULL::jsonb,
+                   notification_ids, created_at
+              FROM tidings.reads WHERE public.readable(recipient);
+        "#,
+    )
+    .execute(db)
+    .await
+    .expect("damage mallory's rows");
+}
+
+#[tokio::test]
+async fn a_recipient_whose_rows_cannot_be_read_is_named_in_an_error_log_line() {
+    // Arrange: the binary with JSON logs; a live stream for mallory, whose
+    // rows then become unreadable.
+    let database = fresh_database().await.expect("database");
+    let server = Binary::serve(&[
+        ("DATABASE_URL", &url_of(&database)),
+        ("TIDINGS_LOG_FORMAT", "json"),
+    ])
+    .expect("tidings");
+    server.wait_until_ready().await.expect("ready");
+    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
+    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
+        .issue("mallory", &[], Duration::from_secs(600))
+        .expect("token");
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/stream", server.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    let mut stream = SseClient::new(response);
+    let insert = "INSERT INTO tidings.notifications (recipient, kind) VALUES ('mallory', 'k')";
+    sqlx::query(insert).execute(&db).await.expect("insert");
+    stream.next().await;
+    damage_mallory(&db).await;
+
+    // Act
+    sqlx::query(insert).execute(&db).await.expect("insert");
+    let errors = server
+        .lines_within(Duration::from_secs(10), |line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|line| line["level"] == "ERROR")
+        })
+        .await;
+
+    // Assert
+    let error: Value = serde_json::from_str(errors.first().expect("an ERROR line")).expect("json");
+    assert_eq!(error["recipient"], "mallory", "{error}");
+    assert!(
+        error.to_string().contains("invalid page"),
+        "with its cause: {error}"
+    );
 }
