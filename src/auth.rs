@@ -1,10 +1,13 @@
 //! Auth: who is asking. Verifies HS256 JWTs and turns them into a
-//! [`Caller`], the only way a handler learns a recipient.
+//! [`Caller`], the only way a handler learns the caller's own recipient.
 //!
-//! A recipient comes from the token's `sub` and nowhere else (never from a
-//! path or query), which is what keeps one recipient out of another's stream
-//! and inbox. This module must never accept a token it did not verify: the
-//! algorithm is pinned to HS256 and `exp` is required.
+//! The caller's own recipient comes from the token's `sub` and nowhere else
+//! (never from a path, query or body), which is what keeps one recipient out
+//! of another's stream and inbox. Other recipients are named only to
+//! endpoints gated by a role ([`Caller::require`]): a publisher's body names
+//! whom it notifies, an auditor's `?recipient=` whose history it reads. This
+//! module must never accept a token it did not verify: the algorithm is
+//! pinned to HS256 and `exp` is required.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,8 +85,10 @@ impl Keys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // The SPEC names no audience, and jsonwebtoken refuses every token
-        // with an `aud` unless one is configured: many issuers add one.
+        // The contract (`../shared/SPEC.md`, kept beside the repository)
+        // names no audience, and jsonwebtoken refuses every token with an
+        // `aud` unless one is configured: many issuers add one. The README's
+        // "Notes on the contract" say so too: `aud` is not checked.
         validation.validate_aud = false;
         validation.leeway = 5;
         Self {

@@ -90,12 +90,6 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
-/// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
-/// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
-/// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
-/// large to index (54000, say a recipient of many kilobytes) and rows the
-/// schema refuses (23514, such as a payload that prints larger than I10
-/// allows, migration 0010).
 /// The SQLSTATE of a database error whose class (its first two characters)
 /// is one of `classes`. Callers that must tell failures a retry can clear
 /// from those it cannot (a stream's registration, the hub's fetches) each
@@ -109,6 +103,12 @@ pub fn sqlstate_in(error: &sqlx::Error, classes: &[&str]) -> Option<String> {
     classes.contains(&class).then(|| code.into_owned())
 }
 
+/// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
+/// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
+/// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
+/// large to index (54000, say a recipient of many kilobytes) and rows the
+/// schema refuses (23514, such as a payload that prints larger than I10
+/// allows, migration 0010).
 fn is_unstorable_input(code: Option<&str>) -> bool {
     matches!(
         code,

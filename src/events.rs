@@ -6,7 +6,8 @@
 //! stream that sends them; a replayed page of history is rendered straight
 //! into one buffer for the one stream that asked. Both go through
 //! `Row::render`, so the bytes are the same. It must never write: the log is
-//! appended to by SQL clients and by the inbox only.
+//! appended to by SQL clients, by `publish` (notifications) and by the
+//! inbox (read marks) only.
 
 use std::future::Future;
 use std::ops::Range;
@@ -40,7 +41,7 @@ const FRAME_OVERHEAD: usize = 192;
 enum EventName {
     Notification,
     Read,
-    /// The client's position was beyond the log (e.g. after a restore).
+    /// The client's resume point was beyond the log (e.g. after a restore).
     Reset,
 }
 
@@ -55,7 +56,8 @@ impl EventName {
 }
 
 impl Event {
-    /// Tells a client its position was unknown and it now stands at `position`.
+    /// Tells a client that its resume point was beyond the log and that it
+    /// now stands at `position`, the recipient's latest `seq`.
     pub fn reset(position: i64) -> Self {
         #[derive(Serialize)]
         struct ResetData {
@@ -364,8 +366,8 @@ pub async fn page(
 
 /// Runs `work` on a task of its own that ends when the returned future is
 /// dropped. A stream whose client leaves drops its page read, and with it
-/// the catch-up slot it holds (`stream::read_page`); a task left running
-/// would go on querying and rendering up to a page outside the slots'
+/// the catch-up permit it holds (`stream::read_page`); a task left running
+/// would go on querying and rendering up to a page outside the permits'
 /// limit - a reconnect storm's abandoned replays would pile up unbounded.
 async fn on_own_task<T: Send + 'static>(
     work: impl Future<Output = T> + Send + 'static,

@@ -7,9 +7,10 @@
 //! connection keeps a read buffer that grows to 16 KiB while the response
 //! streams, although a client sends nothing after its request. Here the
 //! buffer is capped (`--max-request-head`, by default hyper's minimum of 8
-//! KiB, which saves about 4.5 KiB per idle stream); the cap is also the
-//! largest request head accepted, so a larger one gets 431 (hyper's default
-//! accepts about 400 KiB). Everything else is what `axum::serve` does:
+//! KiB: an idle stream measured 16.8 KiB with it against 19.3 KiB with a 16
+//! KiB cap, BENCHMARKS.md session 2, `capacity --streams 4000`); the cap is
+//! also the largest request head accepted, so a larger one gets 431
+//! (hyper's default accepts about 400 KiB). Everything else is what `axum::serve` does:
 //! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, one task per
 //! connection, graceful shutdown.
 //!

@@ -1,4 +1,4 @@
-//! The listener hub: turns hints ("recipient X has new events") into events
+//! The hub: turns hints ("recipient X has new events") into events
 //! fanned out to every open stream of X, fetching each row from the table
 //! once per burst however many streams want it.
 //!
@@ -13,7 +13,7 @@
 //! quiet spell a hint is fetched at once.
 //!
 //! The hub must never wait for a client: sending into a full buffer
-//! overwrites the oldest event, and a stream that misses events that way
+//! overwrites the oldest burst, and a stream that misses events that way
 //! notices (it sees a lag, or a jump in `seq`) and reads them from the table
 //! at its own pace. So memory per recipient is bounded by the buffer, and a
 //! slow client slows only itself.
@@ -57,6 +57,12 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// What every clone of the hub shares.
+///
+/// Lock order: `channels` before `pending`. Code that needs both takes
+/// `channels` first (`hint`, `take_batch`, `Subscription::drop`); code
+/// that holds `pending` never takes `channels` - so the two cannot
+/// deadlock. Neither is held across an await.
 struct Shared {
     /// The hub's own connection (`db::hub_pool`): generic plans, so a fetch
     /// is not planned afresh for every burst.
@@ -67,6 +73,7 @@ struct Shared {
     pending: Mutex<Pending>,
     /// Wakes the fetcher; holds a permit if nobody waits, so no hint is lost.
     wake: Notify,
+    /// Where a fetch records the hints' lag (`hint_lag`).
     metrics: Arc<Metrics>,
 }
 
@@ -75,6 +82,8 @@ struct Shared {
 pub type Burst = Arc<[Arc<Event>]>;
 
 struct Channel {
+    /// The recipient's buffer of [`BUFFER`] bursts; each of its streams
+    /// holds a receiver, so the receiver count is its stream count.
     sender: broadcast::Sender<Burst>,
     /// Everything up to here has been sent (or predates the first stream).
     fetched: i64,
@@ -82,8 +91,14 @@ struct Channel {
 
 #[derive(Default)]
 struct Pending {
-    /// Set after a reconnect, a sweep, or an oversized hint: fetch for all.
+    /// Fetch for every recipient with a channel: set after the listener
+    /// (re)connects, by the sweep, when a lapsed lease is held again, and
+    /// by a `*` hint (see [`Hub::hint`]).
     everyone: bool,
+    /// Recipients to fetch for in the next round: hinted at, subscribed
+    /// (see `fetch_once`), or put back by an earlier round (beyond its
+    /// [`BATCH`], with more to read, or after a failed fetch). One whose
+    /// channel has gone since is skipped when the round is taken.
     recipients: HashSet<Arc<str>>,
     /// When the oldest hint still pending arrived: for the lag metric.
     since: Option<Instant>,
@@ -225,6 +240,12 @@ impl Hub {
 
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
+    ///
+    /// No trigger sends `*` any more (only migration 0001's did, for a hint
+    /// too long to NOTIFY; since 0003 each append hints `["recipient"]`),
+    /// but the README documents it as "look at every recipient", so an
+    /// operator's or a writer's own `NOTIFY tidings, '*'` still makes every
+    /// open stream's recipient be compared with the table.
     ///
     /// Appends hint for every recipient with a lease, but some of those
     /// have no open stream here (another instance streams them, or the
@@ -411,11 +432,11 @@ impl Hub {
             .extend(batch.map(|(name, _)| name));
     }
 
-    /// One query for the whole batch; each event is sent once into its
-    /// recipient's channel, to be shared by all that recipient's streams.
-    /// The hint's lag is observed before the sends, so that whoever sees
-    /// an event also sees it counted. An isolated recipient fetched
-    /// successfully is isolated no more.
+    /// One fetch round's query and what follows it: the batch's events
+    /// read in one query, sent ([`Hub::deliver`]), then the pending state
+    /// brought up to date ([`Hub::note_fetched`]). The hint's lag is
+    /// observed before the sends, so that whoever sees an event also sees
+    /// it counted.
     async fn fetch(
         &self,
         batch: &[(Arc<str>, i64)],
@@ -430,7 +451,15 @@ impl Hub {
                 .hint_lag
                 .observe(since.elapsed().as_secs_f64());
         }
+        let more = self.deliver(batch, rows);
+        self.note_fetched(batch, more);
+        Ok(())
+    }
 
+    /// Sends each recipient's new events once into its channel, to be
+    /// shared by all its streams, and returns the recipients of `batch`
+    /// that may have more to read.
+    fn deliver(&self, batch: &[(Arc<str>, i64)], rows: Vec<(String, Arc<Event>)>) -> Vec<Arc<str>> {
         let mut channels = lock(&self.shared.channels);
         for (recipient, burst) in bursts(rows) {
             let Some(channel) = channels.get_mut(recipient.as_str()) else {
@@ -448,7 +477,7 @@ impl Hub {
         }
         // `seq` is dense and each fetch reads `after + 1 ..= after + limit`,
         // so a recipient that reached `after + limit` may have more: go again.
-        let more: Vec<Arc<str>> = batch
+        batch
             .iter()
             .filter(|(name, after)| {
                 channels
@@ -456,8 +485,12 @@ impl Hub {
                     .is_some_and(|c| c.fetched >= after + FETCH_LIMIT)
             })
             .map(|(name, _)| name.clone())
-            .collect();
-        drop(channels);
+            .collect()
+    }
+
+    /// After a fetch that succeeded: an isolated recipient in `batch` is
+    /// isolated no more, and those with `more` to read are pending again.
+    fn note_fetched(&self, batch: &[(Arc<str>, i64)], more: Vec<Arc<str>>) {
         let mut pending = lock(&self.shared.pending);
         if !pending.isolated.is_empty() {
             for (name, _) in batch {
@@ -467,7 +500,6 @@ impl Hub {
             }
         }
         pending.recipients.extend(more);
-        Ok(())
     }
 }
 

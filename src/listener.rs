@@ -49,10 +49,14 @@ pub struct Listener {
     pub options: PgConnectOptions,
     /// The request pool, used to send the echo checks (see [`Check`]).
     pub pool: PgPool,
+    /// Where hints go; told to fetch for everyone after every (re)connect,
+    /// as hints sent while no session listened are lost.
     pub hub: Hub,
     /// Forgotten at every (re)connect: the database may have restarted.
     pub leases: Leases,
+    /// Set while a session listens, for `/readyz`.
     pub health: Health,
+    /// `listener_up` and `listener_reconnects`.
     pub metrics: Arc<Metrics>,
     /// How often to check that hints still arrive.
     pub check_every: Duration,

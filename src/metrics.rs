@@ -48,7 +48,7 @@ pub struct Metrics {
     pub delivered: Counter,
     /// Of those, events read from the table (replay and catch-up).
     pub replayed: Counter,
-    /// History reads waiting for or holding a catch-up slot.
+    /// History reads waiting for or holding a catch-up permit.
     pub catch_up_in_flight: Gauge,
     /// 1 while the LISTEN session is up.
     pub listener_up: Gauge,
@@ -108,7 +108,7 @@ impl Metrics {
         );
         r.register(
             "catch_up_reads_in_flight",
-            "History reads waiting for or holding a catch-up slot",
+            "History reads waiting for or holding a catch-up permit",
             self.catch_up_in_flight.clone(),
         );
         r.register(

@@ -28,8 +28,10 @@ use crate::error::{problems, Problem};
             pushed to browsers over Server-Sent Events, resumable from any position \
             without loss or duplication. Errors are RFC 9457 problem documents, \
             including a 404 for an unknown path, a 405 (with `Allow`) for a method \
-            a path does not take, and a 503 for every path but the probes while \
-            tidings waits for its database at start.",
+            a path does not take, and a 503 for a request that arrived while tidings \
+            was starting if the start then fails or is cancelled. (Until the database \
+            is reachable and migrated, the probes answer at once and every other \
+            request waits.)",
         license(name = "MIT OR Apache-2.0", identifier = "MIT OR Apache-2.0"),
     ),
     modifiers(&Authentication),

@@ -1,5 +1,5 @@
 //! Streams: `GET /v1/stream`, a recipient's events as Server-Sent Events,
-//! resumable from any position without a gap or a duplicate.
+//! resumable after any `seq` without a gap or a duplicate.
 //!
 //! A stream registers with the hub *before* it reads history, so an event is
 //! always either in what it reads or in what the hub sends it afterwards -
@@ -61,11 +61,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///
 /// - `notification`: `{"id", "seq", "recipient", "kind", "payload",
 ///   "created_at"}` - a notification was committed.
-/// - `read`: `{"seq", "ids": [...], "created_at"}` - these notification ids
-///   were marked read (from any tab or device).
-/// - `reset`: `{"position"}` - the requested position is beyond the
+/// - `read`: `{"seq", "recipient", "ids": [...], "created_at"}` - these
+///   notification ids were marked read (from any tab or device).
+/// - `reset`: `{"position"}` - the requested resume point is beyond the
 ///   recipient's latest `seq` (say, after a database restore); the stream
-///   continues from `position`, so reload the inbox.
+///   continues from `position` (that latest `seq`), so reload the inbox.
 ///
 /// The stream opens with a `retry:` field and sends a `:` comment line as a
 /// heartbeat whenever it has been quiet for the heartbeat interval. On
@@ -94,12 +94,18 @@ async fn stream(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, AppError> {
-    let position = requested_position(&headers, uri.query())?;
+    let resume_after = requested_resume_after(&headers, uri.query())?;
     let slot = state
         .slots
         .take(&caller.recipient, state.streams.max_per_recipient)?;
     let registered = open(&state, &caller.recipient).await?;
-    let frames = follow(state.clone(), caller.recipient, position, registered, slot);
+    let frames = follow(
+        state.clone(),
+        caller.recipient,
+        resume_after,
+        registered,
+        slot,
+    );
     let body = Body::from_stream(Heartbeat::new(frames, state.streams.heartbeat));
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
@@ -118,7 +124,7 @@ async fn stream(
 /// from whenever the client starts reading. A slow or unreachable database
 /// is `None` (the stream registers later, on its own); a refusal is an
 /// error, as a 200 would only retry it for good.
-async fn open(state: &AppState, recipient: &str) -> Result<Option<(i64, Subscription)>, AppError> {
+async fn open(state: &AppState, recipient: &str) -> Result<Option<Registered>, AppError> {
     match tokio::time::timeout(OPEN_TIMEOUT, register(state, recipient)).await {
         Ok(Ok(registered)) => Ok(Some(registered)),
         Ok(Err(error)) => match refusal(&error) {
@@ -180,9 +186,10 @@ impl<S: Stream<Item = Bytes>> Stream for Heartbeat<S> {
     }
 }
 
-/// The position to resume after: the `Last-Event-ID` header (what browsers
-/// send on reconnect) wins over the `last_event_id` query parameter.
-pub fn requested_position(
+/// The `seq` the client asks to resume after, if any: the `Last-Event-ID`
+/// header (what browsers send on reconnect) wins over the `last_event_id`
+/// query parameter.
+pub fn requested_resume_after(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Option<i64>, AppError> {
@@ -198,11 +205,11 @@ pub fn requested_position(
     let raw = header.or_else(|| query_param(query.unwrap_or(""), "last_event_id"));
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) => parse_position(text).map(Some),
+        Some(text) => parse_event_id(text).map(Some),
     }
 }
 
-fn parse_position(text: &str) -> Result<i64, AppError> {
+fn parse_event_id(text: &str) -> Result<i64, AppError> {
     let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
     text.parse::<i64>().ok().filter(|_| valid).ok_or_else(|| {
         AppError::BadRequest(format!(
@@ -213,12 +220,13 @@ fn parse_position(text: &str) -> Result<i64, AppError> {
 }
 
 /// The stream of one connection: the `retry:` advice, then a `reset` if the
-/// client was ahead of the log, then history after its position, then live.
+/// client was ahead of the log, then history after `resume_after`, then
+/// live.
 fn follow(
     state: AppState,
     recipient: String,
-    position: Option<i64>,
-    registered: Option<(i64, Subscription)>,
+    resume_after: Option<i64>,
+    registered: Option<Registered>,
     slot: Slot,
 ) -> impl Stream<Item = Bytes> {
     async_stream::stream! {
@@ -227,13 +235,10 @@ fn follow(
         yield Bytes::from(format!("retry: {}\n\n", state.streams.retry.as_millis()));
         let registered = match registered {
             Some(registered) => Some(registered),
-            None => {
-                let attempt = || register_unless_refused(&state, &recipient);
-                Box::pin(retry_until_shutdown(&state, attempt)).await.flatten()
-            }
+            None => register_late(&state, &recipient).await,
         };
-        let Some((latest, mut subscription)) = registered else { return };
-        let (mut cursor, reset) = Cursor::start(position, latest);
+        let Some(Registered { latest, mut subscription }) = registered else { return };
+        let (mut cursor, reset) = Cursor::start(resume_after, latest);
         if let Some(reset) = reset {
             yield reset.frame();
         }
@@ -348,16 +353,17 @@ pub enum Offer {
 }
 
 impl Cursor {
-    /// The starting point for a client asking to resume after `position`
-    /// (`None`: only what comes next), given the recipient's `latest` seq.
-    /// A position beyond the log (say, after a restore) is reset to
-    /// `latest`, and the client must be told with the returned event.
-    pub fn start(position: Option<i64>, latest: i64) -> (Self, Option<Event>) {
-        match position {
-            Some(position) if position > latest => {
+    /// The starting point for a client asking to resume after the `seq`
+    /// `resume_after` (`None`: only what comes next), given the recipient's
+    /// `latest` seq. A resume point beyond the log (say, after a restore)
+    /// is reset to `latest`, and the client must be told with the returned
+    /// event.
+    pub fn start(resume_after: Option<i64>, latest: i64) -> (Self, Option<Event>) {
+        match resume_after {
+            Some(resume_after) if resume_after > latest => {
                 (Self { sent: latest }, Some(Event::reset(latest)))
             }
-            Some(position) => (Self { sent: position }, None),
+            Some(resume_after) => (Self { sent: resume_after }, None),
             None => (Self { sent: latest }, None),
         }
     }
@@ -383,14 +389,25 @@ impl Cursor {
     }
 }
 
+/// A stream's registration with the hub, and the recipient's position
+/// (latest `seq`) read just before it.
+struct Registered {
+    latest: i64,
+    subscription: Subscription,
+}
+
 /// Takes the recipient's hint lease and reads its position, then registers
 /// with the hub - in that order: every append committed after the read
 /// hints (unless the lease could not be had in time, see
 /// [`crate::lease::Leases::position`]), and the hub fetches everything
 /// after the position.
-async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscription), sqlx::Error> {
+async fn register(state: &AppState, recipient: &str) -> Result<Registered, sqlx::Error> {
     let latest = state.leases.position(recipient).await?;
-    Ok((latest, state.hub.subscribe(recipient, latest)))
+    let subscription = state.hub.subscribe(recipient, latest);
+    Ok(Registered {
+        latest,
+        subscription,
+    })
 }
 
 /// [`register`], for a stream that has answered 200 already: a refusal is
@@ -399,7 +416,7 @@ async fn register(state: &AppState, recipient: &str) -> Result<(i64, Subscriptio
 async fn register_unless_refused(
     state: &AppState,
     recipient: &str,
-) -> Result<Option<(i64, Subscription)>, sqlx::Error> {
+) -> Result<Option<Registered>, sqlx::Error> {
     match register(state, recipient).await {
         Err(error) if refusal(&error).is_some() => {
             tracing::warn!(%error, "the database refuses a stream's recipient; ending it");
@@ -407,6 +424,17 @@ async fn register_unless_refused(
         }
         result => result.map(Some),
     }
+}
+
+/// The registration of a stream that answered 200 without one (the
+/// database was slow or unreachable): retried until it succeeds, or `None`
+/// on shutdown or a refusal. The retries are boxed, like a page read, so
+/// they do not size the state a stream keeps for its whole life.
+async fn register_late(state: &AppState, recipient: &str) -> Option<Registered> {
+    let attempt = || register_unless_refused(state, recipient);
+    Box::pin(retry_until_shutdown(state, attempt))
+        .await
+        .flatten()
 }
 
 /// The SQLSTATE of an error that retrying cannot clear: the database
@@ -418,13 +446,13 @@ fn refusal(error: &sqlx::Error) -> Option<String> {
     crate::error::sqlstate_in(error, &["22", "23", "54"])
 }
 
-/// One page of history after `sent`, waiting for a catch-up slot first so a
-/// reconnect storm queues here instead of exhausting the pool. The page is
+/// One page of history after `sent`, waiting for a catch-up permit first so
+/// a reconnect storm queues here instead of exhausting the pool. The page is
 /// one body chunk: every chunk costs a trip through the body's layers and
 /// the connection, so a replay pays it per page, not per event.
 async fn read_page(state: &AppState, recipient: &str, sent: i64) -> Result<Page, sqlx::Error> {
     let _reading = Held::new(&state.metrics.catch_up_in_flight);
-    let _slot = state.catch_up.acquire().await;
+    let _permit = state.catch_up.acquire().await;
     events::page(&state.pool, recipient, sent, PAGE).await
 }
 

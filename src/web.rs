@@ -27,8 +27,8 @@ use crate::app::AppState;
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
 
-/// The demo page says whether it is in dev mode with this attribute; the
-/// server flips it, the page's script reads it.
+/// The demo page says whether it is in demo mode (`AppState::demo_mode`)
+/// with this attribute; the server flips it, the page's script reads it.
 const DEMO_OFF: &str = r#"data-demo="off""#;
 const DEMO_ON: &str = r#"data-demo="on""#;
 
@@ -43,7 +43,7 @@ static CLIENT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../web/tidings.js")));
 static DEMO_SCRIPT: LazyLock<Asset> =
     LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../web/demo.js")));
-/// The demo page as served without and with dev mode.
+/// The demo page as served without and with demo mode.
 static PAGES: LazyLock<[Asset; 2]> = LazyLock::new(|| {
     let page = include_str!("../web/index.html");
     [
@@ -76,7 +76,7 @@ struct Revalidate {
 pub(crate) struct NotModified;
 
 /// The demo page: the `<tidings-bell>` for the recipient of the
-/// `access_token` in its address, and (dev mode only, i.e. started without
+/// `access_token` in its address, and (demo mode only, i.e. started without
 /// a JWT secret) a form that publishes a test notification.
 #[utoipa::path(get, path = "/", tag = "browser", security(()),
     params(Revalidate),
@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_page_can_be_switched_to_dev_mode() {
+    fn the_demo_page_can_be_switched_to_demo_mode() {
         assert!(PAGES[0]
             .body
             .windows(DEMO_OFF.len())

@@ -1,5 +1,5 @@
 // The demo page's script (served at /demo.js): takes the token from the
-// address, hands it to the bell, and in dev mode wires the publish form.
+// address, hands it to the bell, and in demo mode wires the publish form.
 import { TidingsError, claimsOf } from '/tidings.js';
 
 const STORED = 'tidings-demo-token';

@@ -3,9 +3,14 @@
 //! `GET /v1/audit/verify` and `tidings verify`.
 //!
 //! It trusts nothing in the database but its rows: it rebuilds each event's
-//! canonical encoding with built-in functions only (not the migration's
-//! `tidings.canonical`, which a superuser could redefine) and computes
-//! SHA-256 itself. It must never write.
+//! canonical encoding with built-in functions only - not the migrations'
+//! `tidings.canonical`, nor `tidings.notification_text` and
+//! `tidings.read_text`, through which the triggers hash since migration
+//! 0003, any of which a superuser could redefine - and computes SHA-256
+//! itself. (The triggers build the text with `json_build_array`, this with
+//! `jsonb_build_array(...)::text`: the same bytes, as migration 0007
+//! explains, so every verified chain also checks that.) It must never
+//! write.
 
 use axum::extract::State;
 use axum::Json;
@@ -88,13 +93,20 @@ impl Link {
 /// Where the walk is within the current recipient's chain.
 #[derive(Default)]
 struct Walk {
+    /// The recipient whose chain is being walked; `None` before the first.
     recipient: Option<String>,
+    /// The `seq` the next link must have: the chain has no gaps.
     expected_seq: i64,
-    previous: Vec<u8>,
+    /// The hash of the link before the next one (empty at a chain's
+    /// start): the next link's hash must be SHA-256 of it and its encoding.
+    previous_hash: Vec<u8>,
+    /// The recipient's counter row, to compare with the chain's end.
     counter: Option<Counter>,
     /// Notifications and read marks in the chain so far.
     totals: (i64, i64),
+    /// The first broken link, once found; the walk stops there.
     verdict: Option<BrokenLink>,
+    /// Recipients and events walked so far, across all chains.
     recipients: u64,
     events: u64,
 }
@@ -108,7 +120,7 @@ impl Walk {
             }
             self.recipient = Some(link.recipient.clone());
             self.expected_seq = 1;
-            self.previous.clear();
+            self.previous_hash.clear();
             self.counter = link.counter();
             self.totals = (0, 0);
             self.recipients += 1;
@@ -131,7 +143,7 @@ impl Walk {
             );
         }
         let computed = Sha256::new()
-            .chain_update(&self.previous)
+            .chain_update(&self.previous_hash)
             .chain_update(&link.canonical)
             .finalize();
         if computed[..] != link.hash[..] {
@@ -143,7 +155,7 @@ impl Walk {
                 hex::encode(&link.hash),
             );
         }
-        self.previous = link.hash;
+        self.previous_hash = link.hash;
         self.expected_seq += 1;
         true
     }
@@ -189,8 +201,11 @@ impl Walk {
                 last.to_string(),
                 counter.last_seq.to_string(),
             )
-        } else if counter.last_hash != self.previous {
-            let (chain, counted) = (hex::encode(&self.previous), hex::encode(&counter.last_hash));
+        } else if counter.last_hash != self.previous_hash {
+            let (chain, counted) = (
+                hex::encode(&self.previous_hash),
+                hex::encode(&counter.last_hash),
+            );
             (last, "counter hash is not the chain's head", chain, counted)
         } else if counter.totals != self.totals {
             let problem = "counter totals disagree with the chain (notifications, read)";

@@ -19,6 +19,10 @@
 //!   than a wait for a connection that the running exports hold anyway.
 //!
 //! Memory stays constant: rows go out as PostgreSQL hands them over.
+//!
+//! It must never write (the snapshot is READ ONLY), never keep a connection
+//! for a client that reads nothing for longer than `stall_timeout`, and
+//! never let more exports run than it has permits for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,14 +54,15 @@ const BUFFERED_CHUNKS: usize = 4;
 /// that reads nothing. Cheap to clone.
 #[derive(Clone)]
 pub struct Exports {
-    slots: Arc<Semaphore>,
+    /// One permit per export that may run at once.
+    permits: Arc<Semaphore>,
     stall_timeout: Duration,
 }
 
 impl Exports {
     pub fn new(concurrency: usize, stall_timeout: Duration) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
             stall_timeout,
         }
     }
@@ -91,7 +96,7 @@ pub(super) async fn run<T>(
 where
     T: for<'r> FromRow<'r, PgRow> + Send + Unpin + 'static,
 {
-    let Ok(slot) = exports.slots.clone().try_acquire_owned() else {
+    let Ok(permit) = exports.permits.clone().try_acquire_owned() else {
         return Err(AppError::Busy(
             "as many audit exports as allowed are running; retry later".into(),
         ));
@@ -101,7 +106,7 @@ where
     let (started, first_row) = oneshot::channel();
     let (finished, complete) = oneshot::channel::<()>();
     let task = Task {
-        _slot: slot,
+        _permit: permit,
         pool,
         stall_timeout: exports.stall_timeout,
         chunks,
@@ -119,11 +124,11 @@ where
     Ok(([(CONTENT_TYPE, content_type)], Body::from_stream(body)).into_response())
 }
 
-/// The export's side of the channel, and its slot, held until it ends.
+/// The export's side of the channel, and its permit, held until it ends.
 struct Task {
-    // Dropped first (fields drop in order), so the slot is free by the
+    // Dropped first (fields drop in order), so the permit is free by the
     // time the body sees the channel close.
-    _slot: OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
     pool: PgPool,
     stall_timeout: Duration,
     chunks: mpsc::Sender<Bytes>,

@@ -1,6 +1,10 @@
 //! `GET /v1/audit/inbox?recipient=R&at=T`: what R's inbox held at time T,
 //! and what of it was unread then - derived from the events, which is what
 //! an event-sourced log is for.
+//!
+//! It must never write, and never let an event created after `at` into the
+//! answer: every query filters on `created_at <= at`, and all of them read
+//! one snapshot, so that the items and the totals agree.
 
 use axum::extract::State;
 use axum::Json;
@@ -8,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::types::Json as SqlJson;
+use sqlx::PgConnection;
 
 use super::{limit_param, time_param};
 use crate::app::AppState;
@@ -71,7 +76,27 @@ pub(super) async fn inbox_at(
     let limit = limit_param(query.limit.as_deref(), 100, 1000)?;
 
     let mut tx = crate::db::snapshot(&state.pool).await?;
-    let items = sqlx::query_as!(
+    let items = items_at(&mut tx, &recipient, at, limit).await?;
+    let totals = totals_at(&mut tx, &recipient, at).await?;
+    tx.commit().await?;
+    Ok(Json(InboxAt {
+        recipient,
+        at,
+        items,
+        unread_count: totals.unread_count,
+        position: totals.position,
+    }))
+}
+
+/// Up to `limit` of the recipient's notifications sent by `at`, newest
+/// first, each with when it was first marked read by then (if it was).
+async fn items_at(
+    snapshot: &mut PgConnection,
+    recipient: &str,
+    at: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Item>, sqlx::Error> {
+    sqlx::query_as!(
         Item,
         r#"
         SELECT n.id, n.seq, n.kind, n.payload AS "payload: SqlJson<Box<RawValue>>", n.created_at,
@@ -86,9 +111,24 @@ pub(super) async fn inbox_at(
         at,
         limit
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    let totals = sqlx::query!(
+    .fetch_all(snapshot)
+    .await
+}
+
+/// What the inbox's counts were at a moment.
+struct Totals {
+    unread_count: i64,
+    /// The recipient's latest seq then.
+    position: i64,
+}
+
+/// The unread count (sent less marked read) and the position at `at`.
+async fn totals_at(
+    snapshot: &mut PgConnection,
+    recipient: &str,
+    at: DateTime<Utc>,
+) -> Result<Totals, sqlx::Error> {
+    let row = sqlx::query!(
         r#"
         SELECT (SELECT count(*) FROM tidings.notifications WHERE recipient = $1 AND created_at <= $2) AS "sent!",
                (SELECT coalesce(sum(cardinality(notification_ids)), 0) FROM tidings.reads
@@ -99,14 +139,10 @@ pub(super) async fn inbox_at(
         recipient,
         at
     )
-    .fetch_one(&mut *tx)
+    .fetch_one(snapshot)
     .await?;
-    tx.commit().await?;
-    Ok(Json(InboxAt {
-        recipient,
-        at,
-        items,
-        unread_count: totals.sent - totals.read,
-        position: totals.position,
-    }))
+    Ok(Totals {
+        unread_count: row.sent - row.read,
+        position: row.position,
+    })
 }

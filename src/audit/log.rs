@@ -5,7 +5,9 @@
 //! memory however many rows match (see [`super::export`]).
 //!
 //! The SQL names only the filters given, so each query can use the index
-//! that fits it (a generic `$1 IS NULL OR ...` plan cannot).
+//! that fits it (a generic `$1 IS NULL OR ...` plan cannot). It must never
+//! write, and never put a request's text into the SQL itself: only the
+//! fixed clauses are written out, and every value is a bound parameter.
 
 use axum::extract::State;
 use axum::http::header::ACCEPT;
