@@ -302,14 +302,18 @@ async fn migrate_when_reachable(
     }
 }
 
-/// Whether waiting may help: the socket or the server is not there yet.
-/// Not a certificate the server presents and `sslmode=verify-*` refuses:
-/// sqlx reports that as I/O too (kind `InvalidData`, from rustls), but it
-/// is a setting to fix, and a minute of retries would only hide it.
+/// Whether waiting may help: the socket or the server is not there yet,
+/// or it is starting, recovering (57P03) or full (53300). Not a
+/// certificate the server presents and `sslmode=verify-*` refuses: sqlx
+/// reports that as I/O too (kind `InvalidData`, from rustls), but it is a
+/// setting to fix, and a minute of retries would only hide it.
 fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(error) => {
+            matches!(error.code().as_deref(), Some("57P03" | "53300"))
+        }
         _ => false,
     }
 }

@@ -84,7 +84,7 @@ pub struct ServeArgs {
     /// HS256 secret that verifies client tokens, at least 32 bytes (make one
     /// with `openssl rand -hex 32`). Without it a random secret is made for
     /// this process and a demo URL with a token is logged.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = hs256_secret)]
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = Hs256Secret)]
     pub jwt_secret: Option<String>,
 
     /// How often an idle stream gets a comment line, so proxies keep it open.
@@ -209,7 +209,7 @@ pub struct TokenArgs {
 
     /// HS256 secret to sign with; must match the service's (at least 32
     /// bytes).
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = hs256_secret)]
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = Hs256Secret)]
     pub jwt_secret: String,
 }
 
@@ -260,16 +260,35 @@ fn duration_within(
 /// `--jwt-secret`: at least 32 bytes. RFC 7518 section 3.2 requires an HS256
 /// key of at least 256 bits, and jsonwebtoken accepts any length - even an
 /// empty secret (`TIDINGS_JWT_SECRET=` reaches here as ""), with which
-/// anyone could sign a publisher or auditor token.
-fn hs256_secret(text: &str) -> Result<String, String> {
-    if text.len() >= MIN_SECRET_BYTES {
-        return Ok(text.to_owned());
+/// anyone could sign a publisher or auditor token. A parser of its own,
+/// not a function: clap quotes a value a function refuses in its error,
+/// and a secret must not reach the logs, even a refused one.
+#[derive(Clone)]
+struct Hs256Secret;
+
+impl clap::builder::TypedValueParser for Hs256Secret {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        _: &clap::Command,
+        _: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        let refuse = |why: String| clap::Error::raw(clap::error::ErrorKind::ValueValidation, why);
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("the value for '--jwt-secret' is not UTF-8\n".into()))?;
+        if text.len() >= MIN_SECRET_BYTES {
+            return Ok(text.to_owned());
+        }
+        Err(refuse(format!(
+            "the value for '--jwt-secret' (TIDINGS_JWT_SECRET) is {} bytes; HS256 needs at least \
+             {MIN_SECRET_BYTES} (256 bits, RFC 7518 section 3.2), or anyone can guess it and sign \
+             tokens. Make one with `openssl rand -hex 32`\n",
+            text.len()
+        )))
     }
-    Err(format!(
-        "the secret is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} (256 bits, RFC 7518 \
-         section 3.2), or anyone can guess it and sign tokens. Make one with `openssl rand -hex 32`",
-        text.len()
-    ))
 }
 
 const MIN_SECRET_BYTES: usize = 32;
@@ -312,66 +331,51 @@ fn cors_origin(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(origin).map_err(|_| format!("{origin:?} is not a valid header value"))
 }
 
-/// Why `origin` is not `scheme://host[:port]` as browsers serialize it.
+/// Why `origin` is not exactly what a browser sends for it: the URL
+/// standard's serialization of the origin (lower case, punycode, no default
+/// port, no path - not even a trailing slash), which the `url` crate
+/// implements, so the answer can name the form that would match.
 fn origin_problem(origin: &str) -> Option<String> {
     let expected = "expected scheme://host[:port], e.g. https://app.example.com";
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return Some(format!("{origin:?} has no scheme; {expected}"));
+    let Ok(url) = url::Url::parse(origin) else {
+        return Some(format!("{origin:?} is not a URL; {expected}"));
     };
-    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
-    if !scheme_ok {
+    let sent = url.origin().ascii_serialization();
+    if sent == "null" {
         return Some(format!(
-            "{origin:?} has no valid lower-case scheme; {expected}"
+            "{origin:?} has no origin a browser would send; {expected}"
         ));
     }
-    if authority.contains(['/', '?', '#', '@']) {
-        return Some(format!(
-            "{origin:?} has a path, query or user (a trailing slash counts): an Origin header \
-             never does; {expected}"
-        ));
-    }
-    authority_problem(origin, scheme, authority).map(|problem| format!("{problem}; {expected}"))
+    (sent != origin).then(|| format!("browsers send {origin:?} as {sent:?}; list that instead"))
 }
 
-/// What is wrong with the `host[:port]` part, if anything.
-fn authority_problem(origin: &str, scheme: &str, authority: &str) -> Option<String> {
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
-        _ => (authority, None),
-    };
-    let host_ok = if let Some(ip6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        !ip6.is_empty()
-            && ip6
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-    } else {
-        !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    };
-    if !host_ok {
-        return Some(format!("{origin:?} has no valid host"));
-    }
-    if authority.chars().any(|c| c.is_ascii_uppercase()) {
-        return Some(format!(
-            "{origin:?} has capitals: browsers send the host in lower case"
-        ));
-    }
-    let default_port = match scheme {
-        "https" => Some("443"),
-        "http" => Some("80"),
-        _ => None,
-    };
-    match port.map(str::parse::<u16>) {
-        None => None,
-        Some(Ok(0)) | Some(Err(_)) => Some(format!("{origin:?} has no valid port")),
-        Some(Ok(_)) if port.is_some() && port == default_port => Some(format!(
-            "{origin:?} names its scheme's default port, which browsers leave out"
-        )),
-        Some(Ok(_)) => None,
+#[cfg(test)]
+mod tests {
+    use super::cors_origin;
+
+    #[test]
+    fn origins_are_taken_exactly_as_browsers_send_them() {
+        for origin in [
+            "http://localhost:3000",
+            "https://app.example.com",
+            "http://[::1]:8080",
+            "http://my_app.localhost:3000",
+            "https://xn--bcher-kva.example",
+        ] {
+            assert!(cors_origin(origin).is_ok(), "{origin} refused");
+        }
+        for (origin, sent) in [
+            ("https://app.example.com/", "\"https://app.example.com\""),
+            ("https://App.example.com", "\"https://app.example.com\""),
+            ("https://app.example.com:443", "\"https://app.example.com\""),
+            (
+                "https://bücher.example",
+                "\"https://xn--bcher-kva.example\"",
+            ),
+            ("http://localhost:03000", "\"http://localhost:3000\""),
+        ] {
+            let problem = cors_origin(origin).expect_err(origin);
+            assert!(problem.contains(sent), "{origin}: {problem}");
+        }
     }
 }

@@ -85,9 +85,33 @@ pub async fn snapshot(
         .await
 }
 
+/// tidings numbers its migrations 0001, 0002, ...; sqlx's own default for
+/// an application's is a timestamp (20240101120000).
+const TIDINGS_VERSIONS: std::ops::Range<i64> = 1..10_000;
+
 /// Applies the migrations this binary knows and has not applied yet, and
 /// warns about applied ones it does not know (a newer tidings made them).
+///
+/// Refuses, before applying anything, when the migration table holds
+/// versions outside tidings' numbering: another application's sqlx
+/// migrations share `public._sqlx_migrations`, and tidings' rows there
+/// would make that application refuse to migrate.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    let foreign: Vec<i64> = unknown_migrations(pool)
+        .await?
+        .into_iter()
+        .filter(|version| !TIDINGS_VERSIONS.contains(version))
+        .collect();
+    if !foreign.is_empty() {
+        return Err(MigrateError::Source(
+            format!(
+                "_sqlx_migrations holds versions {foreign:?}, which are not tidings' (another \
+                 application's sqlx migrations?); tidings keeps its own there, so it needs a \
+                 database whose migration table is not another application's"
+            )
+            .into(),
+        ));
+    }
     MIGRATOR.run(pool).await?;
     let newer = unknown_migrations(pool).await?;
     if !newer.is_empty() {
@@ -104,7 +128,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 /// Versions in the database's migration table that [`MIGRATOR`] lacks.
 async fn unknown_migrations(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
     let mut conn = pool.acquire().await?;
-    let applied = conn.list_applied_migrations().await?;
+    let applied = match conn.list_applied_migrations().await {
+        Ok(applied) => applied,
+        // No table yet: a fresh database. (Not created here: `run` does
+        // that under its lock, and two instances starting together race.)
+        Err(MigrateError::Execute(sqlx::Error::Database(error)))
+            if error.code().as_deref() == Some("42P01") =>
+        {
+            Vec::new()
+        }
+        Err(error) => return Err(error),
+    };
     Ok(applied
         .into_iter()
         .map(|migration| migration.version)

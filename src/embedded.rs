@@ -15,6 +15,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -152,8 +153,9 @@ impl EmbeddedPostgres {
         let pgdata = data_dir.join(PGDATA);
         // Whom the server runs as is settled before anything is created or
         // given away, so that nothing here ends up owned by the wrong user.
-        let run_as = cluster_user(&pgdata)?;
+        // After the lock: another tidings may be creating the cluster.
         let lock = lock_dir(&data_dir)?;
+        let run_as = cluster_user(&pgdata)?;
         let mut cluster = Self {
             data_dir: data_dir.clone(),
             options: options.clone(),
@@ -322,10 +324,7 @@ impl EmbeddedPostgres {
 
     fn launch(&mut self) -> Result<(), EmbeddedError> {
         let log = self.data_dir.join("postgres.log");
-        File::options()
-            .create(true)
-            .append(true)
-            .open(&log)
+        open_own(&log, File::options().create(true).append(true))
             .map_err(io_error(format!("creating {}", log.display())))?;
         self.hand_over(&log)?;
         let mut server_options = format!("-c max_connections=200 -p {}", self.port());
@@ -364,8 +363,12 @@ impl EmbeddedPostgres {
     /// run tidings on it again after root did.
     fn write_url_file(&self) -> Result<(), EmbeddedError> {
         let url_file = self.data_dir.join("DATABASE_URL");
-        fs::write(&url_file, format!("{}\n", self.url))
-            .map_err(io_error(format!("writing {}", url_file.display())))?;
+        open_own(
+            &url_file,
+            File::options().create(true).write(true).truncate(true),
+        )
+        .and_then(|mut file| file.write_all(format!("{}\n", self.url).as_bytes()))
+        .map_err(io_error(format!("writing {}", url_file.display())))?;
         self.give(&url_file)
     }
 
@@ -410,12 +413,22 @@ impl EmbeddedPostgres {
         self.hand_over(dir)
     }
 
-    /// Gives `path` to the cluster's user (when tidings is root).
+    /// Gives `path` to the cluster's user (when tidings is root), never
+    /// what a symbolic link there points to (see [`open_own`]).
     fn give(&self, path: &Path) -> Result<(), EmbeddedError> {
         let Some(user) = &self.run_as else {
             return Ok(());
         };
-        std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
+        let what =
+            fs::symlink_metadata(path).map_err(io_error(format!("reading {}", path.display())))?;
+        if what.file_type().is_symlink() {
+            return Err(EmbeddedError::Unusable(format!(
+                "{} is a symbolic link; tidings gives its own files to the cluster's user \
+                 and follows no link to do it: remove it",
+                path.display()
+            )));
+        }
+        std::os::unix::fs::lchown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(
             io_error(format!("giving {} to user {}", path.display(), user.name)),
         )
     }
@@ -468,6 +481,16 @@ fn with_log(error: EmbeddedError, log: &Path) -> EmbeddedError {
         },
         other => other,
     }
+}
+
+/// Opens one of tidings' own files in the data directory, never through a
+/// symbolic link: as root, in a directory someone else can write, following
+/// a planted `postgres.log -> /etc/shadow` would truncate, write or give
+/// away any file on the machine.
+fn open_own(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    options
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)
 }
 
 /// The last `lines` lines of the file at `path`, reading only its end: a
@@ -541,7 +564,11 @@ fi"#;
 /// cluster is up; a stale one names the same socket).
 fn lock_dir(data_dir: &Path) -> Result<Flock<File>, EmbeddedError> {
     let path = data_dir.join("tidings.lock");
-    let file = File::create(&path).map_err(io_error(format!("creating {}", path.display())))?;
+    let file = open_own(
+        &path,
+        File::options().create(true).write(true).truncate(false),
+    )
+    .map_err(io_error(format!("creating {}", path.display())))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
         let url_file = data_dir.join("DATABASE_URL");
         let hint = if url_file.is_file() {

@@ -161,8 +161,8 @@ fn log_demo_links(address: SocketAddr, token: &str) {
 }
 
 /// The first SIGINT or SIGTERM starts a graceful shutdown (up to 30 s of
-/// draining, then stopping the embedded cluster); a second one exits at
-/// once with status 130. Once tokio watches a signal its default action
+/// draining, then stopping the embedded cluster); a second one, a second
+/// or more later, exits at once with status 130. Once tokio watches a signal its default action
 /// (death) is gone for good, so without this a second Ctrl-C did nothing.
 /// Exiting mid-stop leaves nothing running: the embedded cluster's watchdog
 /// (`embedded::spawn_watchdog`) sees its pipe close when this process ends,
@@ -178,7 +178,15 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     signals.next().await;
     tracing::info!("shutting down: ending streams, then stopping (signal again to exit now)");
     shutdown.cancel();
-    signals.next().await;
+    // One Ctrl-C can arrive twice (from the terminal to the process group
+    // and again from a wrapper such as foreman); that is still one request.
+    let first = tokio::time::Instant::now();
+    loop {
+        signals.next().await;
+        if first.elapsed() >= Duration::from_secs(1) {
+            break;
+        }
+    }
     tracing::warn!("second signal: exiting without waiting for the shutdown to finish");
     std::process::exit(130);
 }

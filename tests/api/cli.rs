@@ -315,6 +315,12 @@ async fn an_empty_or_short_jwt_secret_is_refused_before_serving() {
         assert!(stderr.contains("at least 32"), "{stderr}");
         assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
         assert!(!stderr.contains("serving on"), "{stderr}");
+        if !secret.is_empty() {
+            assert!(
+                !stderr.contains(secret),
+                "the refused secret is in: {stderr}"
+            );
+        }
     }
 }
 

@@ -83,7 +83,7 @@ async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_na
     sqlx::query(
         "INSERT INTO public._sqlx_migrations
              (version, description, success, checksum, execution_time)
-         VALUES (99990001, 'from a newer tidings', true, '\\x00', 1)",
+         VALUES (9999, 'from a newer tidings', true, '\\x00', 1)",
     )
     .execute(&mut conn)
     .await
@@ -96,8 +96,40 @@ async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_na
     assert!(output.status.success(), "{log}");
     let warning = log
         .lines()
-        .find(|line| line.contains("WARN") && line.contains("99990001"));
-    assert!(warning.is_some(), "no warning naming 99990001 in:\n{log}");
+        .find(|line| line.contains("WARN") && line.contains("9999"));
+    assert!(warning.is_some(), "no warning naming 9999 in:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_applications_sqlx_migrations_are_not_mistaken_for_a_newer_tidings() {
+    // Arrange: an app's own sqlx migration (a timestamp) in the shared table.
+    let database = fresh_database().await.expect("database");
+    let mut conn = PgConnection::connect_with(&database)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO public._sqlx_migrations
+             (version, description, success, checksum, execution_time)
+         VALUES (20240101120000, 'create users', true, '\\x00', 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("fake an app's migration");
+    conn.close().await.expect("close");
+
+    // Act
+    let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
+
+    // Assert
+    let log = stderr(&output);
+    assert!(
+        !output.status.success(),
+        "took an app's migration for its own"
+    );
+    assert!(
+        log.contains("20240101120000") && log.contains("not tidings'"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -186,6 +218,45 @@ fn as_root_a_cluster_owned_by_root_is_refused_with_the_chown_that_fixes_it() {
     assert!(
         log.contains("owned by root") && log.contains("chown -R"),
         "{log}"
+    );
+}
+
+#[test]
+fn as_root_a_symbolic_link_in_the_data_dir_is_neither_followed_nor_given_away() {
+    if !is_root() {
+        return;
+    }
+    // Arrange: someone who can write the data dir plants links to a file
+    // of root's where tidings keeps its log and its URL file.
+    let dir = TempDir::new();
+    let first = migrate_in(&dir);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let precious = dir.0.join("precious");
+    std::fs::write(&precious, "root's\n").expect("write");
+    for name in ["postgres.log", "DATABASE_URL"] {
+        let link = dir.0.join(name);
+        std::fs::remove_file(&link).expect("remove");
+        std::os::unix::fs::symlink(&precious, &link).expect("symlink");
+    }
+
+    // Act
+    let output = migrate_in(&dir);
+
+    // Assert: refused, and the file behind the links is as it was.
+    assert!(
+        !output.status.success(),
+        "followed a link: {}",
+        stderr(&output)
+    );
+    let metadata = std::fs::metadata(&precious).expect("metadata");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&metadata),
+        0,
+        "given away"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("read"),
+        "root's\n"
     );
 }
 
