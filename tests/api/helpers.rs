@@ -149,16 +149,10 @@ impl Drop for StopRecorder {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
-}
-
-/// Starts tidings on a random port over a fresh database; `tweak` may
-/// change settings first. Returns once `/readyz` says ready.
-pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let database = fresh_database().await.expect("fresh database");
-    let mut settings = Settings {
-        database: database.clone(),
+/// The settings every in-process test server starts from.
+pub fn test_settings(database: PgConnectOptions) -> Settings {
+    Settings {
+        database,
         pool_size: 8,
         jwt_secret: SECRET.as_bytes().to_vec(),
         streams: StreamSettings {
@@ -175,7 +169,18 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
         export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
         demo_mode: false,
-    };
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts tidings on a random port over a fresh database; `tweak` may
+/// change settings first. Returns once `/readyz` says ready.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = fresh_database().await.expect("fresh database");
+    let mut settings = test_settings(database.clone());
     tweak(&mut settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));

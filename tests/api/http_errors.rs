@@ -320,37 +320,6 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_never_its_query_
     assert!(leaks.is_empty(), "{leaks:#?}");
 }
 
-/// Makes every read of mallory's events fail as a damaged page would
-/// (SQLSTATE XX001), and nobody else's: the events view gains a filter
-/// that raises for her.
-async fn damage_mallory(db: &sqlx::PgPool) {
-    sqlx::raw_sql(
-        r#"
-        CREATE FUNCTION public.readable(who text) RETURNS boolean
-        LANGUAGE plpgsql STABLE AS $$
-        BEGIN
-            IF who = 'mallory' THEN
-                RAISE EXCEPTION 'invalid page in block 7 of relation base/1/2'
-                    USING ERRCODE = 'data_corrupted';
-            END IF;
-            RETURN true;
-        END;
-        $$;
-        CREATE OR REPLACE VIEW tidings.events AS
-            SELECT recipient, seq, 'notification'::text AS type, id, kind, payload,
-                   NULL::bigint[] AS notification_ids, created_at
-              FROM tidings.notifications WHERE public.readable(recipient)
-            UNION ALL
-            SELECT recipient, seq, 'read'::text AS type, id, NULL::text, NULL::jsonb,
-                   notification_ids, created_at
-              FROM tidings.reads WHERE public.readable(recipient);
-        "#,
-    )
-    .execute(db)
-    .await
-    .expect("damage mallory's rows");
-}
-
 #[tokio::test]
 async fn a_recipient_whose_rows_cannot_be_read_is_named_in_an_error_log_line() {
     // Arrange: the binary with JSON logs; a live stream for mallory, whose
@@ -377,7 +346,7 @@ async fn a_recipient_whose_rows_cannot_be_read_is_named_in_an_error_log_line() {
     let insert = "INSERT INTO tidings.notifications (recipient, kind) VALUES ('mallory', 'k')";
     sqlx::query(insert).execute(&db).await.expect("insert");
     stream.next().await;
-    damage_mallory(&db).await;
+    crate::payloads::damage(&db, "mallory").await;
 
     // Act
     sqlx::query(insert).execute(&db).await.expect("insert");

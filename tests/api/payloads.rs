@@ -286,7 +286,7 @@ async fn the_printed_size_is_computed_as_postgresql_prints() {
 /// (SQLSTATE XX001) - the hub's fetches, replays, the inbox - and nobody
 /// else's: the events view gains a filter that raises for recipients in
 /// `public.damaged`. Test-only; [`repair`] undoes it.
-async fn damage(db: &PgPool, recipient: &str) {
+pub(crate) async fn damage(db: &PgPool, recipient: &str) {
     sqlx::raw_sql(
         r#"
         CREATE TABLE IF NOT EXISTS public.damaged (recipient text PRIMARY KEY);

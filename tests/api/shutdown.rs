@@ -8,9 +8,9 @@ use sqlx::{Connection, PgConnection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tidings::app::{self, Settings, StreamSettings};
+use tidings::app::{self, Settings};
 
-use crate::helpers::{fresh_database, spawn_app, Binary, SECRET};
+use crate::helpers::{fresh_database, spawn_app, Binary};
 use crate::startup::TempDir;
 
 #[tokio::test]
@@ -124,22 +124,7 @@ async fn wait_for_a_migration_waiting_for_a_lock(database: &sqlx::postgres::PgCo
 
 fn settings(database: sqlx::postgres::PgConnectOptions) -> Settings {
     Settings {
-        database,
         pool_size: 4,
-        jwt_secret: SECRET.as_bytes().to_vec(),
-        streams: StreamSettings {
-            heartbeat: Duration::from_secs(15),
-            retry: Duration::from_secs(1),
-            max_per_recipient: 0,
-        },
-        listener_check: Duration::from_secs(1),
-        sweep_interval: Duration::from_secs(30),
-        hint_lease: Duration::from_secs(300),
-        catch_up_concurrency: 4,
-        cors_origins: vec![],
-        max_request_head: 8192,
-        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
-        export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
-        demo_mode: false,
+        ..crate::helpers::test_settings(database)
     }
 }

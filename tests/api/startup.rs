@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::{fresh_database, url_of, Binary};
@@ -74,8 +75,9 @@ fn chown_recursively(path: &Path, owner: &str) {
     assert!(status.success(), "chown -R {owner} {}", path.display());
 }
 
-#[tokio::test]
-async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_naming_them() {
+/// A fresh database whose migration table also lists `version`, as if
+/// something other than this tidings had applied it.
+async fn with_applied_migration(version: i64, description: &str) -> PgConnectOptions {
     let database = fresh_database().await.expect("database");
     let mut conn = PgConnection::connect_with(&database)
         .await
@@ -83,12 +85,20 @@ async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_na
     sqlx::query(
         "INSERT INTO public._sqlx_migrations
              (version, description, success, checksum, execution_time)
-         VALUES (9999, 'from a newer tidings', true, '\\x00', 1)",
+         VALUES ($1, $2, true, '\\x00', 1)",
     )
+    .bind(version)
+    .bind(description)
     .execute(&mut conn)
     .await
-    .expect("fake a newer migration");
+    .expect("record a migration");
     conn.close().await.expect("close");
+    database
+}
+
+#[tokio::test]
+async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_naming_them() {
+    let database = with_applied_migration(9999, "from a newer tidings").await;
 
     let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
 
@@ -103,19 +113,7 @@ async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_na
 #[tokio::test(flavor = "multi_thread")]
 async fn another_applications_sqlx_migrations_are_not_mistaken_for_a_newer_tidings() {
     // Arrange: an app's own sqlx migration (a timestamp) in the shared table.
-    let database = fresh_database().await.expect("database");
-    let mut conn = PgConnection::connect_with(&database)
-        .await
-        .expect("connect");
-    sqlx::query(
-        "INSERT INTO public._sqlx_migrations
-             (version, description, success, checksum, execution_time)
-         VALUES (20240101120000, 'create users', true, '\\x00', 1)",
-    )
-    .execute(&mut conn)
-    .await
-    .expect("fake an app's migration");
-    conn.close().await.expect("close");
+    let database = with_applied_migration(20240101120000, "create users").await;
 
     // Act
     let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
