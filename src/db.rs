@@ -37,11 +37,11 @@ pub fn options(url: &str, application_name: &str) -> Result<PgConnectOptions, sq
 /// The request pool. Connections are made lazily, so a database that is
 /// down at start only delays readiness rather than failing the process.
 ///
-/// The search path is pinned to `public`: every query names its schema, but
-/// the migrations' bookkeeping table does not, and PostgreSQL's default path
-/// starts with a schema named like the user - so a role called `tidings`
-/// would otherwise find that table in the `tidings` schema once the first
-/// migration creates it, and re-run every migration on the next start.
+/// The search path is pinned to `public`: every query names its schema,
+/// and nothing unqualified may resolve to a schema named like the user
+/// (PostgreSQL's default path starts with `"$user"`, and a role called
+/// `tidings` would find the `tidings` schema there). The migrating session
+/// sets its own path ([`migrate`]).
 pub fn pool(options: PgConnectOptions, size: u32) -> PgPool {
     lazy(PgPoolOptions::new().max_connections(size.max(1)), options)
 }
@@ -85,35 +85,38 @@ pub async fn snapshot(
         .await
 }
 
-/// tidings numbers its migrations 0001, 0002, ...; sqlx's own default for
-/// an application's is a timestamp (20240101120000).
-const TIDINGS_VERSIONS: std::ops::Range<i64> = 1..10_000;
+/// Where tidings keeps sqlx's bookkeeping of its migrations
+/// (`_sqlx_migrations`): a schema of its own, so that an application's own
+/// sqlx migrations, in `public._sqlx_migrations`, live beside tidings' in
+/// the same database - which is where tidings must be for the app to
+/// publish inside its own transactions. sqlx names the table without a
+/// schema, so the migrating session puts this schema first in its path.
+pub const BOOKKEEPING: &str = "tidings_migrations";
 
 /// Applies the migrations this binary knows and has not applied yet, and
 /// warns about applied ones it does not know (a newer tidings made them).
-///
-/// Refuses, before applying anything, when the migration table holds
-/// versions outside tidings' numbering: another application's sqlx
-/// migrations share `public._sqlx_migrations`, and tidings' rows there
-/// would make that application refuse to migrate.
+/// Uses a session of its own, so the pool's connections keep their pinned
+/// search path.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
-    let foreign: Vec<i64> = unknown_migrations(pool)
-        .await?
-        .into_iter()
-        .filter(|version| !TIDINGS_VERSIONS.contains(version))
-        .collect();
-    if !foreign.is_empty() {
-        return Err(MigrateError::Source(
-            format!(
-                "_sqlx_migrations holds versions {foreign:?}, which are not tidings' (another \
-                 application's sqlx migrations?); tidings keeps its own there, so it needs a \
-                 database whose migration table is not another application's"
-            )
-            .into(),
-        ));
-    }
-    MIGRATOR.run(pool).await?;
-    let newer = unknown_migrations(pool).await?;
+    let options = pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("search_path", format!("{BOOKKEEPING},public"))]);
+    // Not `lazy`, which would pin the path back to `public`.
+    let session = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options);
+    let migrated = migrate_on(&session).await;
+    session.close().await;
+    migrated
+}
+
+async fn migrate_on(session: &PgPool) -> Result<(), MigrateError> {
+    adopt_public_bookkeeping(session).await?;
+    MIGRATOR.run(session).await?;
+    let newer = unknown_migrations(session).await?;
     if !newer.is_empty() {
         tracing::warn!(
             versions = ?newer,
@@ -125,20 +128,43 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// Versions in the database's migration table that [`MIGRATOR`] lacks.
-async fn unknown_migrations(pool: &PgPool) -> Result<Vec<i64>, MigrateError> {
-    let mut conn = pool.acquire().await?;
-    let applied = match conn.list_applied_migrations().await {
-        Ok(applied) => applied,
-        // No table yet: a fresh database. (Not created here: `run` does
-        // that under its lock, and two instances starting together race.)
-        Err(MigrateError::Execute(sqlx::Error::Database(error)))
-            if error.code().as_deref() == Some("42P01") =>
-        {
-            Vec::new()
-        }
-        Err(error) => return Err(error),
-    };
+/// Makes the bookkeeping schema, and once, on a database an older tidings
+/// migrated (schema `tidings` exists, its bookkeeping in `public`), copies
+/// that bookkeeping over, so nothing is applied twice. tidings numbers its
+/// migrations 1-9999 and refused to share `public._sqlx_migrations` until
+/// now, so those rows there are its own. They stay in `public` too: an
+/// older tidings started during a rollback still finds them. Under a lock,
+/// as instances may start together; the schema is made only if missing, so
+/// a role without CREATE on the database can run an upgraded database.
+async fn adopt_public_bookkeeping(session: &PgPool) -> Result<(), MigrateError> {
+    sqlx::raw_sql(
+        "BEGIN;
+         SELECT pg_advisory_xact_lock(7406115238094829312);
+         DO $$
+         BEGIN
+             IF to_regnamespace('tidings_migrations') IS NULL THEN
+                 CREATE SCHEMA tidings_migrations;
+             END IF;
+             IF to_regclass('tidings_migrations._sqlx_migrations') IS NULL
+                AND to_regnamespace('tidings') IS NOT NULL
+                AND to_regclass('public._sqlx_migrations') IS NOT NULL
+             THEN
+                 CREATE TABLE tidings_migrations._sqlx_migrations
+                     (LIKE public._sqlx_migrations INCLUDING ALL);
+                 INSERT INTO tidings_migrations._sqlx_migrations
+                 SELECT * FROM public._sqlx_migrations WHERE version BETWEEN 1 AND 9999;
+             END IF;
+         END $$;
+         COMMIT;",
+    )
+    .execute(session)
+    .await?;
+    Ok(())
+}
+
+/// Versions in tidings' bookkeeping that [`MIGRATOR`] lacks.
+async fn unknown_migrations(session: &PgPool) -> Result<Vec<i64>, MigrateError> {
+    let applied = session.acquire().await?.list_applied_migrations().await?;
     Ok(applied
         .into_iter()
         .map(|migration| migration.version)

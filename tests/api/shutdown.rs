@@ -40,7 +40,7 @@ async fn shutdown_ends_a_start_whose_migration_waits_for_a_lock() {
         .execute(&mut holder)
         .await
         .expect("begin");
-    sqlx::query("LOCK TABLE public._sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE tidings_migrations._sqlx_migrations IN ACCESS EXCLUSIVE MODE")
         .execute(&mut holder)
         .await
         .expect("lock");

@@ -75,30 +75,41 @@ fn chown_recursively(path: &Path, owner: &str) {
     assert!(status.success(), "chown -R {owner} {}", path.display());
 }
 
-/// A fresh database whose migration table also lists `version`, as if
-/// something other than this tidings had applied it.
-async fn with_applied_migration(version: i64, description: &str) -> PgConnectOptions {
+/// A fresh database on which `sql` has run.
+async fn database_after(sql: &str) -> PgConnectOptions {
     let database = fresh_database().await.expect("database");
     let mut conn = PgConnection::connect_with(&database)
         .await
         .expect("connect");
-    sqlx::query(
-        "INSERT INTO public._sqlx_migrations
-             (version, description, success, checksum, execution_time)
-         VALUES ($1, $2, true, '\\x00', 1)",
-    )
-    .bind(version)
-    .bind(description)
-    .execute(&mut conn)
-    .await
-    .expect("record a migration");
+    sqlx::raw_sql(sql)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"));
     conn.close().await.expect("close");
     database
 }
 
+/// What is in a sqlx bookkeeping table: (version, description) in order.
+async fn bookkeeping(database: &PgConnectOptions, table: &str) -> Vec<(i64, String)> {
+    let mut conn = PgConnection::connect_with(database).await.expect("connect");
+    let rows = sqlx::query_as(&format!(
+        "SELECT version, description FROM {table} ORDER BY version"
+    ))
+    .fetch_all(&mut conn)
+    .await
+    .expect("read bookkeeping");
+    conn.close().await.expect("close");
+    rows
+}
+
 #[tokio::test]
 async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_naming_them() {
-    let database = with_applied_migration(9999, "from a newer tidings").await;
+    let database = database_after(
+        "INSERT INTO tidings_migrations._sqlx_migrations
+             (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from a newer tidings', true, '\\x00', 1)",
+    )
+    .await;
 
     let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
 
@@ -110,23 +121,58 @@ async fn an_older_tidings_migrates_a_database_with_newer_migrations_and_warns_na
     assert!(warning.is_some(), "no warning naming 9999 in:\n{log}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn another_applications_sqlx_migrations_are_not_mistaken_for_a_newer_tidings() {
-    // Arrange: an app's own sqlx migration (a timestamp) in the shared table.
-    let database = with_applied_migration(20240101120000, "create users").await;
+#[tokio::test]
+async fn an_applications_own_sqlx_migrations_live_beside_tidings_in_one_database() {
+    // Arrange: the app's sqlx migrations (sqlx's default table, in public).
+    let database = database_after(
+        "CREATE TABLE public._sqlx_migrations
+             (LIKE tidings_migrations._sqlx_migrations INCLUDING ALL);
+         INSERT INTO public._sqlx_migrations
+             (version, description, success, checksum, execution_time)
+         VALUES (20240101120000, 'create users', true, '\\x00', 1)",
+    )
+    .await;
+    let tidings_before = bookkeeping(&database, "tidings_migrations._sqlx_migrations").await;
+
+    // Act: tidings starts on that database again.
+    let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
+
+    // Assert: each keeps its own, untouched by the other.
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        bookkeeping(&database, "public._sqlx_migrations").await,
+        vec![(20240101120000, "create users".to_owned())]
+    );
+    assert_eq!(
+        bookkeeping(&database, "tidings_migrations._sqlx_migrations").await,
+        tidings_before
+    );
+}
+
+#[tokio::test]
+async fn a_database_an_older_tidings_migrated_keeps_its_history_and_applies_nothing_twice() {
+    // Arrange: the layout before tidings had its own schema - its
+    // bookkeeping in public, none in tidings_migrations.
+    let database = database_after(
+        "CREATE TABLE public._sqlx_migrations AS
+             SELECT * FROM tidings_migrations._sqlx_migrations;
+         DROP SCHEMA tidings_migrations CASCADE;",
+    )
+    .await;
+    let applied = bookkeeping(&database, "public._sqlx_migrations").await;
 
     // Act
     let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
 
-    // Assert
-    let log = stderr(&output);
-    assert!(
-        !output.status.success(),
-        "took an app's migration for its own"
+    // Assert: adopted (a second run of 0001 would fail: schema exists).
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        bookkeeping(&database, "tidings_migrations._sqlx_migrations").await,
+        applied
     );
-    assert!(
-        log.contains("20240101120000") && log.contains("not tidings'"),
-        "{log}"
+    assert_eq!(
+        bookkeeping(&database, "public._sqlx_migrations").await,
+        applied
     );
 }
 
