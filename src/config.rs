@@ -327,7 +327,9 @@ fn cors_origin(text: &str) -> Result<HeaderValue, String> {
                 .into(),
         );
     }
-    origin_problem(origin).map_or(Ok(()), Err)?;
+    if let Some(problem) = origin_problem(origin) {
+        return Err(problem);
+    }
     HeaderValue::from_str(origin).map_err(|_| format!("{origin:?} is not a valid header value"))
 }
 

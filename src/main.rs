@@ -162,8 +162,9 @@ fn log_demo_links(address: SocketAddr, token: &str) {
 
 /// The first SIGINT or SIGTERM starts a graceful shutdown (up to 30 s of
 /// draining, then stopping the embedded cluster); a second one, a second
-/// or more later, exits at once with status 130. Once tokio watches a signal its default action
-/// (death) is gone for good, so without this a second Ctrl-C did nothing.
+/// or more later, exits at once with status 130. Once tokio watches a
+/// signal its default action (death) is gone for good, so without this a
+/// second Ctrl-C did nothing.
 /// Exiting mid-stop leaves nothing running: the embedded cluster's watchdog
 /// (`embedded::spawn_watchdog`) sees its pipe close when this process ends,
 /// however it ends, and stops PostgreSQL (SIGINT: a fast shutdown).

@@ -379,6 +379,18 @@ async fn an_export_whose_query_the_database_refuses_is_a_400_not_a_cut_off_200()
     }
 }
 
+/// 10,000 rows of ~4 KB for alice: an export of them (~40 MB) is far more
+/// than the buffers between the export's query and its client hold.
+async fn insert_40_mb_for_alice(app: &TestApp) {
+    sqlx::query(
+        "INSERT INTO tidings.notifications (recipient, kind, payload)
+         SELECT 'alice', 'big', jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 10000)",
+    )
+    .execute(&app.db)
+    .await
+    .expect("rows");
+}
+
 #[tokio::test]
 async fn exports_beyond_the_limit_are_a_503_and_a_stalled_one_ends_and_lets_go() {
     // Arrange: a pool of 8 allows one export at a time; a client that
@@ -389,13 +401,7 @@ async fn exports_beyond_the_limit_are_a_503_and_a_stalled_one_ends_and_lets_go()
         settings.export_stall_timeout = Duration::from_secs(1);
     })
     .await;
-    sqlx::query(
-        "INSERT INTO tidings.notifications (recipient, kind, payload)
-         SELECT 'alice', 'big', jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 10000)",
-    )
-    .execute(&app.db)
-    .await
-    .expect("rows");
+    insert_40_mb_for_alice(&app).await;
     let export = || {
         auditor(&app, "/v1/audit/events")
             .header("Accept", "application/x-ndjson")
@@ -431,13 +437,7 @@ async fn an_export_is_one_snapshot_that_rows_inserted_midway_do_not_join() {
     // export's query and the client, so the query is still running when
     // the first line arrives.
     let app = spawn_app().await;
-    sqlx::query(
-        "INSERT INTO tidings.notifications (recipient, kind, payload)
-         SELECT 'alice', 'big', jsonb_build_object('pad', repeat('x', 4000)) FROM generate_series(1, 10000)",
-    )
-    .execute(&app.db)
-    .await
-    .expect("rows");
+    insert_40_mb_for_alice(&app).await;
     let response = auditor(&app, "/v1/audit/events?recipient=alice")
         .header("Accept", "application/x-ndjson")
         .send()

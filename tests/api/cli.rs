@@ -168,13 +168,22 @@ fn token_prints_a_jwt_the_service_accepts() {
         .output()
         .expect("run");
 
-    assert!(output.status.success());
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let claims = tidings::auth::Keys::new(SECRET.as_bytes())
-        .verify(&token)
-        .expect("valid token");
+    let claims = printed_claims(&output, SECRET);
     assert_eq!(claims.sub, "alice");
     assert_eq!(claims.roles, vec![tidings::config::Role::Publisher]);
+}
+
+/// The claims of the token `tidings token` printed, checked with `secret`.
+fn printed_claims(output: &Output, secret: &str) -> tidings::auth::Claims {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    tidings::auth::Keys::new(secret.as_bytes())
+        .verify(&token)
+        .expect("valid token")
 }
 
 #[test]
@@ -347,11 +356,7 @@ fn token_signs_with_a_secret_of_exactly_32_bytes() {
         .output()
         .expect("run");
 
-    assert!(output.status.success());
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let claims = tidings::auth::Keys::new(secret.as_bytes())
-        .verify(&token)
-        .expect("valid token");
+    let claims = printed_claims(&output, secret);
     assert_eq!(claims.sub, "alice");
 }
 
@@ -366,15 +371,7 @@ fn token_takes_every_flag_from_the_environment() {
         .output()
         .expect("run");
 
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    let claims = tidings::auth::Keys::new(SECRET.as_bytes())
-        .verify(&token)
-        .expect("valid token");
+    let claims = printed_claims(&output, SECRET);
     assert_eq!(claims.sub, "billing");
     assert_eq!(
         claims.roles,

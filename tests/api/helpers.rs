@@ -79,6 +79,26 @@ fn start_cluster() -> Result<TestCluster> {
     })
 }
 
+/// Waits (5 s at most) until `count` of tidings' request sessions on
+/// `db`'s database wait for a lock: how a test knows that what it started
+/// is queued behind a lock the test holds.
+pub async fn wait_for_sessions_waiting_for_a_lock(db: &PgPool, count: i64, what: &str) {
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                AND application_name = 'tidings' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(db)
+        .await
+        .expect("pg_stat_activity");
+        if waiting >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}");
+}
+
 /// A fresh database, copied from the migrated template.
 pub async fn fresh_database() -> Result<PgConnectOptions> {
     let cluster = cluster();

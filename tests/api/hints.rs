@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{next_hint, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    next_hint, spawn_app, spawn_app_with, wait_for_sessions_waiting_for_a_lock, TestApp,
+};
 
 /// A session listening on tidings' channel, as the service's own does.
 async fn listen(app: &TestApp) -> PgListener {
@@ -113,7 +115,13 @@ async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append(
                 .expect("stream")
         }
     });
-    wait_for_a_lock_wait(&app).await;
+    // The stream's lease, queued behind the append's row lock.
+    wait_for_sessions_waiting_for_a_lock(
+        &app.db,
+        1,
+        "the stream's lease never waited for the append's row lock",
+    )
+    .await;
     append.commit().await.expect("commit");
     let mut alice = crate::helpers::SseClient::new(opening.await.expect("opened"));
 
@@ -239,25 +247,6 @@ async fn a_long_transaction_holding_the_counter_row_does_not_hold_up_a_new_strea
         (event.seq(), event.json()["kind"].clone()),
         (2, json!("long"))
     );
-}
-
-/// Waits until one of tidings' request sessions waits for a lock: the
-/// stream's lease, queued behind the append's row lock.
-async fn wait_for_a_lock_wait(app: &TestApp) {
-    for _ in 0..500 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                AND application_name = 'tidings' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .expect("activity");
-        if waiting >= 1 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the stream's lease never waited for the append's row lock");
 }
 
 /// An append to `recipient` whose transaction is still open: it holds the

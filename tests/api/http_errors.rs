@@ -78,24 +78,9 @@ async fn made_up_methods_add_at_most_one_request_series() {
 async fn a_server_error_is_logged_once_with_its_cause() {
     // Arrange: the binary with its default log filter, over a database
     // whose audit view is gone, so the audit query fails.
-    let database = fresh_database().await.expect("database");
-    let server = Binary::serve_without(
-        &["RUST_LOG"],
-        &[
-            ("DATABASE_URL", &url_of(&database)),
-            ("TIDINGS_LOG_FORMAT", "json"),
-        ],
-    )
-    .expect("tidings");
-    server.wait_until_ready().await.expect("ready");
-    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
-    sqlx::query("ALTER VIEW tidings.audit_log RENAME TO audit_log_gone")
-        .execute(&db)
-        .await
-        .expect("rename");
-    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
-        .issue("auditor", &[Role::Auditor], Duration::from_secs(600))
-        .expect("token");
+    let (server, db) = binary_with_json_logs(None).await;
+    lose_the_audit_view(&db).await;
+    let token = token_for_binary("auditor", &[Role::Auditor]);
 
     // Act
     let response = reqwest::Client::new()
@@ -255,6 +240,42 @@ async fn probes_answer_while_the_database_is_unreachable_and_other_requests_wait
 
 /// The JSON log lines of a request to `path`: those whose span is the
 /// request span (`app::request_span`) with that path.
+/// tidings as a process, logging JSON, over a fresh database (and a pool
+/// on it): `log_filter` is its `RUST_LOG`, `None` its default filter.
+async fn binary_with_json_logs(log_filter: Option<&str>) -> (Binary, sqlx::PgPool) {
+    let database = fresh_database().await.expect("database");
+    let url = url_of(&database);
+    let mut env = vec![
+        ("DATABASE_URL", url.as_str()),
+        ("TIDINGS_LOG_FORMAT", "json"),
+    ];
+    env.extend(log_filter.map(|filter| ("RUST_LOG", filter)));
+    let unset: &[&str] = if log_filter.is_none() {
+        &["RUST_LOG"]
+    } else {
+        &[]
+    };
+    let server = Binary::serve_without(unset, &env).expect("tidings");
+    server.wait_until_ready().await.expect("ready");
+    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
+    (server, db)
+}
+
+/// Makes every audit query fail (a 500 whose cause is logged).
+async fn lose_the_audit_view(db: &sqlx::PgPool) {
+    sqlx::query("ALTER VIEW tidings.audit_log RENAME TO audit_log_gone")
+        .execute(db)
+        .await
+        .expect("rename");
+}
+
+/// A token a [`Binary`] accepts (it runs with the tests' secret).
+fn token_for_binary(recipient: &str, roles: &[Role]) -> String {
+    tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
+        .issue(recipient, roles, Duration::from_secs(600))
+        .expect("token")
+}
+
 fn lines_of_request(lines: &[String], path: &str) -> Vec<Value> {
     lines
         .iter()
@@ -269,22 +290,9 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_never_its_query_
     // database whose audit view is gone (so the request logs an ERROR);
     // the token comes in the query string, as a browser's EventSource
     // sends it.
-    let database = fresh_database().await.expect("database");
-    let server = Binary::serve(&[
-        ("DATABASE_URL", &url_of(&database)),
-        ("TIDINGS_LOG_FORMAT", "json"),
-        ("RUST_LOG", "debug"),
-    ])
-    .expect("tidings");
-    server.wait_until_ready().await.expect("ready");
-    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
-    sqlx::query("ALTER VIEW tidings.audit_log RENAME TO audit_log_gone")
-        .execute(&db)
-        .await
-        .expect("rename");
-    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
-        .issue("auditor", &[Role::Auditor], Duration::from_secs(600))
-        .expect("token");
+    let (server, db) = binary_with_json_logs(Some("debug")).await;
+    lose_the_audit_view(&db).await;
+    let token = token_for_binary("auditor", &[Role::Auditor]);
 
     // Act
     let response = reqwest::Client::new()
@@ -324,17 +332,8 @@ async fn every_log_line_of_a_request_carries_its_request_id_and_never_its_query_
 async fn a_recipient_whose_rows_cannot_be_read_is_named_in_an_error_log_line() {
     // Arrange: the binary with JSON logs; a live stream for mallory, whose
     // rows then become unreadable.
-    let database = fresh_database().await.expect("database");
-    let server = Binary::serve(&[
-        ("DATABASE_URL", &url_of(&database)),
-        ("TIDINGS_LOG_FORMAT", "json"),
-    ])
-    .expect("tidings");
-    server.wait_until_ready().await.expect("ready");
-    let db = sqlx::PgPool::connect_with(database).await.expect("pool");
-    let token = tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
-        .issue("mallory", &[], Duration::from_secs(600))
-        .expect("token");
+    let (server, db) = binary_with_json_logs(Some("tidings=info")).await;
+    let token = token_for_binary("mallory", &[]);
     let response = reqwest::Client::new()
         .get(format!("{}/v1/stream", server.address))
         .bearer_auth(token)

@@ -10,7 +10,10 @@ use tidings::config::Role;
 use tidings::payload::jsonb_text_len;
 use tidings::publish::MAX_PAYLOAD_TEXT;
 
-use crate::helpers::{assert_problem, fresh_database, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_problem, fresh_database, spawn_app, spawn_app_with,
+    wait_for_sessions_waiting_for_a_lock, TestApp,
+};
 
 /// `POST /v1/notifications` with `body` as a publisher.
 async fn publish(app: &TestApp, body: String) -> reqwest::Response {
@@ -384,20 +387,13 @@ async fn exhaust_the_pool(
             tokio::spawn(async move { request.send().await.map_or(0, |r| r.status().as_u16()) })
         })
         .collect();
-    for _ in 0..500 {
-        let blocked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                AND application_name = 'tidings' AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.db)
-        .await
-        .expect("activity");
-        if blocked == 2 {
-            return (holder, waiting);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the publishes did not both wait for the lock");
+    wait_for_sessions_waiting_for_a_lock(
+        &app.db,
+        2,
+        "the publishes did not both wait for the lock",
+    )
+    .await;
+    (holder, waiting)
 }
 
 async fn listener_reconnects(app: &TestApp) -> String {

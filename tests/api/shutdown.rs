@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use tidings::app::{self, Settings};
 
-use crate::helpers::{fresh_database, spawn_app, Binary};
+use crate::helpers::{fresh_database, spawn_app, wait_for_sessions_waiting_for_a_lock, Binary};
 use crate::startup::TempDir;
 
 #[tokio::test]
@@ -51,7 +51,11 @@ async fn shutdown_ends_a_start_whose_migration_waits_for_a_lock() {
         listener,
         shutdown.clone(),
     ));
-    wait_for_a_migration_waiting_for_a_lock(&database).await;
+    let watcher = sqlx::PgPool::connect_with(database.clone())
+        .await
+        .expect("connect");
+    wait_for_sessions_waiting_for_a_lock(&watcher, 1, "the migration never waited for the lock")
+        .await;
 
     shutdown.cancel();
 
@@ -99,27 +103,6 @@ async fn sigterm_after_the_embedded_postgres_already_stopped_exits_cleanly() {
         "exit status {status}:\n{}",
         server.lines().join("\n")
     );
-}
-
-/// Until tidings' migration session waits for a lock. Watched from a
-/// connection of its own: a transaction sees one `pg_stat_activity`.
-async fn wait_for_a_migration_waiting_for_a_lock(database: &sqlx::postgres::PgConnectOptions) {
-    let mut watcher = PgConnection::connect_with(database).await.expect("connect");
-    for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = 'tidings' AND wait_event_type = 'Lock'
-               AND datname = current_database()",
-        )
-        .fetch_one(&mut watcher)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the migration never waited for the lock");
 }
 
 fn settings(database: sqlx::postgres::PgConnectOptions) -> Settings {
