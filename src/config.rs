@@ -131,11 +131,9 @@ pub struct ServeArgs {
     /// Largest request head accepted (request line and headers, cookies
     /// included), in bytes; a larger one gets 431. It is also the size of
     /// every connection's read buffer, held as long as a stream is open:
-    /// with the default, hyper's minimum, an idle stream measured 11.8 KiB
-    /// (BENCHMARKS.md, capacity, 18,000 streams). Larger values were
-    /// measured only before the switch to jemalloc, at 4,000 streams: 16384
-    /// cost 2.5 KiB more per idle stream than the default (19.3 against
-    /// 16.8 KiB). Raise it if the pages that use tidings send big cookies.
+    /// 16384 cost about 2.5 KiB more per idle stream than the default,
+    /// hyper's minimum (BENCHMARKS.md has what an idle stream costs). Raise
+    /// it if the pages that use tidings send big cookies.
     #[arg(long, env = "TIDINGS_MAX_REQUEST_HEAD", default_value_t = 8192,
           value_parser = clap::value_parser!(u32).range(8192..=1_048_576))]
     pub max_request_head: u32,

@@ -171,3 +171,16 @@ async fn unknown_migrations(session: &PgPool) -> Result<Vec<i64>, MigrateError> 
         .filter(|version| !MIGRATOR.version_exists(*version))
         .collect())
 }
+
+/// The SQLSTATE of a database error whose class (its first two characters)
+/// is one of `classes`. Callers that must tell failures a retry can clear
+/// from those it cannot (a stream's registration, the hub's fetches) each
+/// name their own classes; this is how they read them.
+pub fn sqlstate_in(error: &sqlx::Error, classes: &[&str]) -> Option<String> {
+    let sqlx::Error::Database(refused) = error else {
+        return None;
+    };
+    let code = refused.code()?;
+    let class = code.get(..2)?;
+    classes.contains(&class).then(|| code.into_owned())
+}

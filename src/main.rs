@@ -11,18 +11,20 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tidings::app::{self, Settings, StreamSettings};
-use tidings::auth::Keys;
 use tidings::config::{
     Cli, Command, DatabaseArgs, LogFormat, Role, ServeArgs, TokenArgs, VerifyArgs,
 };
 use tidings::db;
+use tidings::delivery::StreamSettings;
 use tidings::embedded::{EmbeddedPostgres, Options};
+use tidings::http::auth::Keys;
+use tidings::service::{self, Settings};
 
-/// jemalloc, for memory per idle stream: 11.5 KiB resident against 14.6
-/// with glibc's malloc and 26 with mimalloc (`tidings-bench capacity`, see
-/// BENCHMARKS.md). Each connection holds two mostly unwritten 8 KiB buffers
-/// (hyper's), and how much of them is resident depends on the allocator.
+/// jemalloc, for memory per idle stream: each connection holds two mostly
+/// unwritten 8 KiB buffers (hyper's), and how much of them is resident
+/// depends on the allocator - about a fifth less than with glibc's malloc,
+/// and less than half of mimalloc's (`tidings-bench capacity` at 5e48f4b,
+/// 2026-11-21; today's figure is in BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -119,7 +121,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         cors_origins: args.cors_origins.clone(),
         demo_mode: args.jwt_secret.is_none(),
     };
-    let served = app::serve(settings, listener, shutdown).await;
+    let served = service::serve(settings, listener, shutdown).await;
     stop_after(cluster, served.map_err(anyhow::Error::from))?;
     tracing::info!("stopped");
     Ok(())

@@ -1,5 +1,5 @@
-//! Metrics: what tidings counts, and `GET /metrics`, which shows it in the
-//! Prometheus (OpenMetrics) text format.
+//! Metrics: what tidings counts, rendered in the Prometheus (OpenMetrics)
+//! text format for `GET /metrics` (served by `crate::http::metrics`).
 //!
 //! The counters live in one [`Metrics`] per server, shared by the parts that
 //! move them; each is a single atomic, so counting costs no lock on the hot
@@ -8,27 +8,15 @@
 //! slows the scrape.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use utoipa_axum::{router::OpenApiRouter, routes};
-
-use crate::app::AppState;
-
-pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(scrape))
-}
+use sqlx::PgPool;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -148,12 +136,13 @@ impl Metrics {
         );
     }
 
-    /// The text exposition, with the database gauges read now.
-    async fn render(&self, state: &AppState) -> String {
-        self.pool_connections.set(i64::from(state.pool.size()));
-        self.pool_idle.set(state.pool.num_idle() as i64);
+    /// The text exposition, with the request pool's gauges and the
+    /// database's NOTIFY queue read now.
+    pub async fn render(&self, pool: &PgPool) -> String {
+        self.pool_connections.set(i64::from(pool.size()));
+        self.pool_idle.set(pool.num_idle() as i64);
         let usage = sqlx::query_scalar!(r#"SELECT pg_notification_queue_usage() AS "usage!""#)
-            .fetch_one(&state.pool);
+            .fetch_one(pool);
         if let Ok(Ok(usage)) = tokio::time::timeout(Duration::from_secs(2), usage).await {
             self.notify_queue_usage.set(usage);
         }
@@ -161,54 +150,6 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
-    }
-}
-
-/// Every metric in the Prometheus (OpenMetrics) text format.
-#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
-    responses((status = 200, description = "The metrics", content_type = "application/openmetrics-text", body = String)))]
-async fn scrape(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state).await;
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(CONTENT_TYPE, content_type)], body).into_response()
-}
-
-/// Middleware: counts every request by route template, method and status.
-pub async fn count_requests(
-    State(metrics): State<Arc<Metrics>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = method_label(request.method()).to_owned();
-    let response = next.run(request).await;
-    let labels = HttpLabels {
-        route,
-        method,
-        status: response.status().as_u16(),
-    };
-    metrics.http_requests.get_or_create(&labels).inc();
-    response
-}
-
-/// The method as a label: any token is a valid method, so a client could
-/// otherwise add a series per made-up method, unauthenticated, forever.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::CONNECT => "CONNECT",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::PATCH => "PATCH",
-        _ => "other",
     }
 }
 

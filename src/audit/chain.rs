@@ -19,10 +19,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::Role;
-use crate::error::{problems, AppError, AppQuery};
+use crate::http::auth::Auditor;
+use crate::http::error::{problems, AppError, AppQuery};
+use crate::http::state::AppState;
 
 /// The outcome of a walk.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -330,10 +329,9 @@ pub(super) struct VerifyQuery {
 )]
 pub(super) async fn verify_handler(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Auditor,
     AppQuery(query): AppQuery<VerifyQuery>,
 ) -> Result<Json<Verdict>, AppError> {
-    caller.require(Role::Auditor)?;
     let recipient = query.recipient.as_deref().filter(|r| !r.is_empty());
     Ok(Json(verify(&state.pool, recipient).await?))
 }

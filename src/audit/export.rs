@@ -37,7 +37,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// The default `stall_timeout` (`--export-stall-timeout`; config must say
 /// the same, as a test checks): far longer than any client that reads

@@ -14,12 +14,11 @@ use serde_json::value::RawValue;
 use sqlx::types::Json as SqlJson;
 use sqlx::PgConnection;
 
-use super::{limit_param, time_param};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::Role;
-use crate::error::{problems, AppError, AppQuery};
-use crate::inbox::Item;
+use crate::http::auth::Auditor;
+use crate::http::error::{problems, AppError, AppQuery};
+use crate::http::inbox::Item;
+use crate::http::query::{Limit, Time};
+use crate::http::state::AppState;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -29,10 +28,10 @@ pub(super) struct InboxQuery {
     recipient: Option<String>,
     /// The moment, RFC 3339.
     #[param(required = true, value_type = String, format = DateTime)]
-    at: Option<String>,
+    at: Option<Time>,
     /// How many notifications, newest first.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<String>,
+    limit: Option<Limit<1000>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -63,17 +62,17 @@ pub(super) struct InboxAt {
 )]
 pub(super) async fn inbox_at(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Auditor,
     AppQuery(query): AppQuery<InboxQuery>,
 ) -> Result<Json<InboxAt>, AppError> {
-    caller.require(Role::Auditor)?;
     let recipient = query
         .recipient
         .filter(|r| !r.is_empty())
         .ok_or_else(|| AppError::BadRequest("recipient is required".into()))?;
-    let at = time_param("at", query.at.as_deref())?
+    let Time(at) = query
+        .at
         .ok_or_else(|| AppError::BadRequest("at is required".into()))?;
-    let limit = limit_param(query.limit.as_deref(), 100, 1000)?;
+    let limit = query.limit.map_or(100, |Limit(limit)| limit);
 
     let mut tx = crate::db::snapshot(&state.pool).await?;
     let items = items_at(&mut tx, &recipient, at, limit).await?;

@@ -9,6 +9,8 @@
 //! write, and never put a request's text into the SQL itself: only the
 //! fixed clauses are written out, and every value is a bound parameter.
 
+use std::str::FromStr;
+
 use axum::extract::State;
 use axum::http::header::ACCEPT;
 use axum::http::HeaderMap;
@@ -21,11 +23,10 @@ use sqlx::types::Json as SqlJson;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 
 use super::export::{self, Export};
-use super::{limit_param, time_param};
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::Role;
-use crate::error::{problems, AppError, AppQuery};
+use crate::http::auth::Auditor;
+use crate::http::error::{problems, AppError, AppQuery};
+use crate::http::query::{Limit, Time};
+use crate::http::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
@@ -40,35 +41,44 @@ pub(super) struct EventsQuery {
     /// Only `notification` or only `read` events.
     #[serde(rename = "type")]
     #[param(value_type = Option<EventType>)]
-    event_type: Option<String>,
+    event_type: Option<EventType>,
     /// Created at or after this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
-    from: Option<String>,
+    from: Option<Time>,
     /// Created before this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
-    to: Option<String>,
+    to: Option<Time>,
     /// The previous page's `next`.
-    #[param(pattern = r"^-?[0-9]{1,16}\.[nr]\.[0-9]{1,18}$")]
-    after: Option<String>,
+    #[param(value_type = Option<String>, pattern = r"^-?[0-9]{1,16}\.[nr]\.[0-9]{1,18}$")]
+    after: Option<Cursor>,
     /// Events per page (JSON only; exports stream everything).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, default = 100)]
-    limit: Option<String>,
+    limit: Option<Limit<MAX_LIMIT>>,
 }
 
 /// The two kinds of event in the log.
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)] // Documentation only: the filter is parsed from text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 enum EventType {
     Notification,
     Read,
+}
+
+impl EventType {
+    /// As the `type` column says it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Notification => "notification",
+            Self::Read => "read",
+        }
+    }
 }
 
 /// The filters, validated.
 struct Filters {
     recipient: Option<String>,
     kind: Option<String>,
-    event_type: Option<String>,
+    event_type: Option<EventType>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     after: Option<Cursor>,
@@ -76,9 +86,10 @@ struct Filters {
 
 /// A position in the log's order (created_at, type, id): stable under
 /// concurrent inserts, unlike an offset.
+#[derive(Debug, Clone)]
 struct Cursor {
     created_at: DateTime<Utc>,
-    event_type: String,
+    event_type: EventType,
     id: i64,
 }
 
@@ -91,13 +102,13 @@ impl Cursor {
             event.id
         )
     }
+}
 
-    fn decode(text: &str) -> Result<Self, AppError> {
-        let invalid = || {
-            AppError::BadRequest(format!(
-                "after must be a cursor from a previous page; got {text:?}"
-            ))
-        };
+impl FromStr for Cursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let invalid = || format!("must be a cursor from a previous page; got {text:?}");
         let mut parts = text.split('.');
         let micros = parts
             .next()
@@ -107,8 +118,8 @@ impl Cursor {
             })
             .ok_or_else(invalid)?;
         let event_type = match parts.next() {
-            Some("n") => "notification",
-            Some("r") => "read",
+            Some("n") => EventType::Notification,
+            Some("r") => EventType::Read,
             _ => return Err(invalid()),
         };
         let id = parts
@@ -121,32 +132,31 @@ impl Cursor {
         }
         Ok(Self {
             created_at,
-            event_type: event_type.to_owned(),
+            event_type,
             id,
         })
     }
 }
 
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl Filters {
-    fn parse(query: &EventsQuery) -> Result<Self, AppError> {
-        let event_type = match query.event_type.as_deref() {
-            None => None,
-            Some(t @ ("notification" | "read")) => Some(t.to_owned()),
-            Some(other) => {
-                return Err(AppError::BadRequest(format!(
-                    "type must be notification or read; got {other:?}"
-                )))
-            }
-        };
-        let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
-        Ok(Self {
-            recipient: non_empty(&query.recipient),
-            kind: non_empty(&query.kind),
-            event_type,
-            from: time_param("from", query.from.as_deref())?,
-            to: time_param("to", query.to.as_deref())?,
-            after: query.after.as_deref().map(Cursor::decode).transpose()?,
-        })
+    /// An empty `recipient` or `kind` filters nothing, like an absent one.
+    fn new(query: EventsQuery) -> Self {
+        let non_empty = |value: Option<String>| value.filter(|v| !v.is_empty());
+        Self {
+            recipient: non_empty(query.recipient),
+            kind: non_empty(query.kind),
+            event_type: query.event_type,
+            from: query.from.map(|Time(from)| from),
+            to: query.to.map(|Time(to)| to),
+            after: query.after,
+        }
     }
 
     /// The query, naming only the filters given.
@@ -162,7 +172,7 @@ impl Filters {
             sql.push(" AND kind = ").push_bind(kind.clone());
         }
         if let Some(event_type) = &self.event_type {
-            sql.push(" AND type = ").push_bind(event_type.clone());
+            sql.push(" AND type = ").push_bind(event_type.as_str());
         }
         if let Some(from) = self.from {
             sql.push(" AND created_at >= ").push_bind(from);
@@ -174,7 +184,7 @@ impl Filters {
             sql.push(" AND (created_at, type, id) > (")
                 .push_bind(after.created_at);
             sql.push(", ")
-                .push_bind(after.event_type.clone())
+                .push_bind(after.event_type.as_str())
                 .push(", ")
                 .push_bind(after.id)
                 .push(")");
@@ -247,13 +257,12 @@ struct Page {
 )]
 pub(super) async fn events(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Auditor,
     headers: HeaderMap,
     AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<Response, AppError> {
-    caller.require(Role::Auditor)?;
-    let filters = Filters::parse(&query)?;
-    let limit = limit_param(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let limit = query.limit.map_or(DEFAULT_LIMIT, |Limit(limit)| limit);
+    let filters = Filters::new(query);
     let accept = headers
         .get(ACCEPT)
         .and_then(|a| a.to_str().ok())

@@ -330,7 +330,7 @@ async fn exporting_a_million_rows_takes_constant_memory() {
     }
     let server = Binary::serve(&[("DATABASE_URL", &url_of(&database))]).expect("tidings");
     server.wait_until_ready().await.expect("ready");
-    let token = tidings::auth::Keys::new(SECRET.as_bytes())
+    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
         .issue("auditor", &[Role::Auditor], Duration::from_secs(3600))
         .expect("token");
     let before = server.rss_kib();

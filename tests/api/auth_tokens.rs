@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
-use tidings::auth::MAX_RECIPIENT_CHARS;
 use tidings::config::{Cli, Role};
+use tidings::http::auth::MAX_RECIPIENT_CHARS;
 
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp, SECRET};
 

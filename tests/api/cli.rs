@@ -37,7 +37,7 @@ fn tidings() -> Command {
 async fn serve_without_database_url_runs_its_own_postgres_and_keeps_data_across_restarts() {
     let dir = TempDir::new();
     let data_dir = dir.0.to_string_lossy().into_owned();
-    let token = tidings::auth::Keys::new(SECRET.as_bytes())
+    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
         .issue("alice", &[], Duration::from_secs(600))
         .expect("token");
     let client = reqwest::Client::new();
@@ -174,14 +174,14 @@ fn token_prints_a_jwt_the_service_accepts() {
 }
 
 /// The claims of the token `tidings token` printed, checked with `secret`.
-fn printed_claims(output: &Output, secret: &str) -> tidings::auth::Claims {
+fn printed_claims(output: &Output, secret: &str) -> tidings::http::auth::Claims {
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let token = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    tidings::auth::Keys::new(secret.as_bytes())
+    tidings::http::auth::Keys::new(secret.as_bytes())
         .verify(&token)
         .expect("valid token")
 }
@@ -480,7 +480,7 @@ fn verify_help_documents_its_exit_statuses() {
 /// 30 s), as it would for any response still under way.
 async fn hold_a_request_open(address: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let token = tidings::auth::Keys::new(SECRET.as_bytes())
+    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
         .issue(
             "billing",
             &[tidings::config::Role::Publisher],

@@ -134,7 +134,7 @@ fn a_bare_tidings_means_serve_with_the_documented_defaults() {
     assert_eq!(cli.serve.heartbeat, std::time::Duration::from_secs(15));
     assert_eq!(
         cli.serve.header_read_timeout,
-        tidings::http::HEADER_READ_TIMEOUT
+        tidings::http::server::HEADER_READ_TIMEOUT
     );
     assert_eq!(
         cli.serve.export_stall_timeout,

@@ -14,10 +14,11 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tidings::app::{self, Settings, StreamSettings};
-use tidings::auth::Keys;
 use tidings::config::Role;
+use tidings::delivery::StreamSettings;
 use tidings::embedded::{EmbeddedPostgres, Options};
+use tidings::http::auth::Keys;
+use tidings::service::{self, Settings};
 
 pub const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
 
@@ -186,7 +187,7 @@ pub fn test_settings(database: PgConnectOptions) -> Settings {
         catch_up_concurrency: 4,
         cors_origins: vec![],
         max_request_head: 8192,
-        header_read_timeout: tidings::http::HEADER_READ_TIMEOUT,
+        header_read_timeout: tidings::http::server::HEADER_READ_TIMEOUT,
         export_stall_timeout: tidings::audit::EXPORT_STALL_TIMEOUT,
         demo_mode: false,
     }
@@ -215,7 +216,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
             outcome: "the server task panicked".into(),
         };
         async move {
-            let result = app::serve(settings, listener, serving).await;
+            let result = service::serve(settings, listener, serving).await;
             recorder.outcome = match &result {
                 Ok(()) => "serve returned".into(),
                 Err(error) => format!("serve failed: {error}"),

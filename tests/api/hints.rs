@@ -20,7 +20,7 @@ async fn listen(app: &TestApp) -> PgListener {
 }
 
 /// No sweep within any test's time: only hints can deliver live events.
-fn no_sweep(app: &mut tidings::app::Settings) {
+fn no_sweep(app: &mut tidings::service::Settings) {
     app.sweep_interval = Duration::from_secs(600);
 }
 

@@ -271,7 +271,7 @@ async fn lose_the_audit_view(db: &sqlx::PgPool) {
 
 /// A token a [`Binary`] accepts (it runs with the tests' secret).
 fn token_for_binary(recipient: &str, roles: &[Role]) -> String {
-    tidings::auth::Keys::new(crate::helpers::SECRET.as_bytes())
+    tidings::http::auth::Keys::new(crate::helpers::SECRET.as_bytes())
         .issue(recipient, roles, Duration::from_secs(600))
         .expect("token")
 }

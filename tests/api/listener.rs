@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tidings::hub::{Hub, Live};
+use tidings::delivery::hub::{Hub, Live};
 use tidings::metrics::Metrics;
 
 use crate::helpers::{seqs, spawn_app, spawn_app_with, TestApp};

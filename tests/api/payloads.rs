@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 use tidings::config::Role;
-use tidings::payload::jsonb_text_len;
-use tidings::publish::MAX_PAYLOAD_TEXT;
+use tidings::http::publish::payload::jsonb_text_len;
+use tidings::http::publish::MAX_PAYLOAD_TEXT;
 
 use crate::helpers::{
     assert_problem, fresh_database, spawn_app, spawn_app_with,

@@ -159,7 +159,7 @@ async fn a_stalled_client_in_a_100000_event_burst_costs_bounded_memory_and_no_on
     let db = PgPool::connect_with(database.clone()).await.expect("pool");
     let server = Binary::serve(&[("DATABASE_URL", &url_of(&database))]).expect("tidings");
     server.wait_until_ready().await.expect("ready");
-    let keys = tidings::auth::Keys::new(SECRET.as_bytes());
+    let keys = tidings::http::auth::Keys::new(SECRET.as_bytes());
     let open = |recipient: &str, position: &str| {
         let token = keys
             .issue(recipient, &[], Duration::from_secs(3600))

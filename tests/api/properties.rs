@@ -6,8 +6,8 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use tidings::events::Event;
-use tidings::stream::{Cursor, Offer};
+use tidings::delivery::events::Event;
+use tidings::delivery::stream::{Cursor, Offer};
 
 proptest! {
     /// Whatever the hub offers - duplicates, gaps, any order - a stream that

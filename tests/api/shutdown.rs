@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tidings::app::{self, Settings};
+use tidings::service::{self, Settings};
 
 use crate::helpers::{fresh_database, spawn_app, wait_for_sessions_waiting_for_a_lock, Binary};
 use crate::startup::TempDir;
@@ -46,7 +46,7 @@ async fn shutdown_ends_a_start_whose_migration_waits_for_a_lock() {
         .expect("lock");
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let server = tokio::spawn(app::serve(
+    let server = tokio::spawn(service::serve(
         settings(database.clone()),
         listener,
         shutdown.clone(),

@@ -13,7 +13,7 @@ async fn a_stalled_client_does_not_grow_server_memory_and_later_gets_every_event
     let db = PgPool::connect_with(database.clone()).await.expect("pool");
     let server = Binary::serve(&[("DATABASE_URL", &url_of(&database))]).expect("tidings");
     server.wait_until_ready().await.expect("ready");
-    let token = tidings::auth::Keys::new(SECRET.as_bytes())
+    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
         .issue("alice", &[], Duration::from_secs(3600))
         .expect("token");
     let publish = |from: i64, to: i64| {

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use tidings::auth::Keys;
 use tidings::embedded::{EmbeddedPostgres, Options, Shutdown};
+use tidings::http::auth::Keys;
 
 use crate::cli::Common;
 use crate::dbstats::StatsSource;

@@ -331,7 +331,7 @@ fn spawn_clients(
     recipients: &[String],
     finish: client::Finish,
 ) -> Vec<tokio::task::JoinHandle<ClientLog>> {
-    let keys = tidings::auth::Keys::new(SECRET.as_bytes());
+    let keys = tidings::http::auth::Keys::new(SECRET.as_bytes());
     let addresses = &rig.addresses;
     let mut handles = Vec::new();
     for (r, recipient) in recipients.iter().enumerate() {

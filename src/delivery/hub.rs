@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{self, Event};
+use super::events::{self, Event};
 use crate::metrics::Metrics;
 
 /// Bursts buffered per recipient for its streams (up to `BUFFER *
@@ -196,7 +196,7 @@ impl Hub {
     /// read can be missed. Events the stream already has are its to drop.
     ///
     /// A channel that has fetched less than `position` also fetches once:
-    /// its streams opened without a lease (see [`crate::lease`]), so rows
+    /// its streams opened without a lease (see [`super::lease`]), so rows
     /// up to `position` may have committed without a hint.
     pub fn subscribe(&self, recipient: &str, position: i64) -> Subscription {
         let mut channels = lock(&self.shared.channels);
@@ -241,11 +241,10 @@ impl Hub {
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
     ///
-    /// No trigger sends `*` any more (only migration 0001's did, for a hint
-    /// too long to NOTIFY; since 0003 each append hints `["recipient"]`),
-    /// but the README documents it as "look at every recipient", so an
-    /// operator's or a writer's own `NOTIFY tidings, '*'` still makes every
-    /// open stream's recipient be compared with the table.
+    /// No trigger sends `*` (each append hints `["recipient"]`), but the
+    /// protocol documents it as "look at every recipient", so an operator's
+    /// or a writer's own `NOTIFY tidings, '*'` makes every open stream's
+    /// recipient be compared with the table.
     ///
     /// Appends hint for every recipient with a lease, but some of those
     /// have no open stream here (another instance streams them, or the
@@ -314,10 +313,10 @@ impl Hub {
     }
 
     /// Fetches until nothing is pending, one query at a time, each taking
-    /// every hint that arrived while the one before ran. (Sessions 4-5
-    /// also spaced queries at least 1 ms apart: at 2,000 events/s, 0.24
-    /// instead of about 0.9 queries per event, for about 1.4 ms more in
-    /// tidings' median after the commit; BENCHMARKS.md, session 6.) False
+    /// every hint that arrived while the one before ran. (Spacing queries
+    /// at least 1 ms apart was tried: at 2,000 events/s, 0.24 instead of
+    /// about 0.9 queries per event, for about 1.4 ms more in tidings'
+    /// median after the commit; dropped at 325a563, 2026-11-22.) False
     /// once `shutdown` has come.
     async fn drain(&self, shutdown: &CancellationToken) -> bool {
         loop {
@@ -537,7 +536,7 @@ fn is_about_rows(error: &sqlx::Error) -> bool {
     matches!(
         error,
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)
-    ) || crate::error::sqlstate_in(error, &["22", "54", "58", "XX", "P0"]).is_some()
+    ) || crate::db::sqlstate_in(error, &["22", "54", "58", "XX", "P0"]).is_some()
 }
 
 /// Rows of many recipients, ordered by recipient and `seq` (as

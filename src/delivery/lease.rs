@@ -28,8 +28,8 @@ use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::events;
-use crate::hub::Hub;
+use super::events;
+use super::hub::Hub;
 
 /// Most recipients renewed per statement, to keep each one short.
 const BATCH: usize = 1000;

@@ -4,7 +4,7 @@
 //! The caller's own recipient comes from the token's `sub` and nowhere else
 //! (never from a path, query or body), which is what keeps one recipient out
 //! of another's stream and inbox. Other recipients are named only to
-//! endpoints gated by a role ([`Caller::require`]): a publisher's body names
+//! endpoints gated by a role ([`Publisher`], [`Auditor`]): a publisher's body names
 //! whom it notifies, an auditor's `?recipient=` whose history it reads. This
 //! module must never accept a token it did not verify: the algorithm is
 //! pinned to HS256 and `exp` is required.
@@ -22,7 +22,7 @@ use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::Role;
-use crate::error::AppError;
+use crate::http::error::AppError;
 
 /// The claims tidings reads from (and writes into) a token.
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,10 +85,9 @@ impl Keys {
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // The contract (`../shared/SPEC.md`, kept beside the repository)
-        // names no audience, and jsonwebtoken refuses every token with an
-        // `aud` unless one is configured: many issuers add one. The README's
-        // "Notes on the contract" say so too: `aud` is not checked.
+        // The protocol names no audience, and jsonwebtoken refuses every
+        // token with an `aud` unless one is configured: many issuers add
+        // one. So `aud` is not checked (docs/protocol.md says so too).
         validation.validate_aud = false;
         validation.leeway = 5;
         Self {
@@ -144,15 +143,52 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn require(&self, role: Role) -> Result<(), AppError> {
+    /// The caller, if its token has `role`; a 403 otherwise.
+    fn with(self, role: Role) -> Result<Self, AppError> {
         if self.roles.contains(&role) {
-            Ok(())
+            Ok(self)
         } else {
             let name = serde_json::to_string(&role).unwrap_or_default();
             Err(AppError::Forbidden(format!(
                 "this token lacks the {name} role"
             )))
         }
+    }
+}
+
+/// A caller whose token has the `publisher` role: it may name any
+/// recipient in what it publishes.
+#[derive(Debug, Clone)]
+pub struct Publisher(pub Caller);
+
+/// A caller whose token has the `auditor` role: it may read any
+/// recipient's history.
+#[derive(Debug, Clone)]
+pub struct Auditor(pub Caller);
+
+impl<S> FromRequestParts<S> for Publisher
+where
+    Keys: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.with(Role::Publisher).map(Self)
+    }
+}
+
+impl<S> FromRequestParts<S> for Auditor
+where
+    Keys: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.with(Role::Auditor).map(Self)
     }
 }
 

@@ -2,21 +2,22 @@
 //! the connection settings a server of many long-lived streams needs, and
 //! drains them on shutdown.
 //!
-//! It replaces `axum::serve` for one reason: memory per idle stream. A
+//! It replaces `axum::serve` for two reasons. Memory per idle stream: a
 //! stream holds its connection for hours, and with hyper's defaults each
 //! connection keeps a read buffer that grows to 16 KiB while the response
 //! streams, although a client sends nothing after its request. Here the
 //! buffer is capped (`--max-request-head`, by default hyper's minimum of 8
-//! KiB: an idle stream measured 16.8 KiB with it against 19.3 KiB with a 16
-//! KiB cap, BENCHMARKS.md session 2, `capacity --streams 4000`); the cap is
-//! also the largest request head accepted, so a larger one gets 431
-//! (hyper's default accepts about 400 KiB). Everything else is what `axum::serve` does:
-//! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, one task per
-//! connection, graceful shutdown.
-//!
-//! Unlike `axum::serve`, no connection can be held open by a client that
-//! sends nothing or sends its request head slowly (slowloris): see
-//! [`serve`]'s `header_read_timeout`. Draining on shutdown is bounded too.
+//! KiB; a 16 KiB cap cost 2.5 KiB more per idle stream, measured with
+//! `tidings-bench capacity --streams 4000` at 86d09fb, 2026-11-21); the cap
+//! is also the largest request head accepted, so a larger one gets 431
+//! (hyper's default accepts about 400 KiB). And time to send a request
+//! head: `axum::serve` (0.8) installs no timer, which leaves hyper's header
+//! timeout inert, so a client that sends nothing or sends its head slowly
+//! (slowloris) would hold its connection for good; here hyper's timer runs
+//! (`--header-read-timeout`), and a first-bytes deadline covers the bytes
+//! before it starts. Everything else is what `axum::serve` does: HTTP/1.1
+//! and HTTP/2 (prior knowledge) on the same port, one task per connection,
+//! graceful shutdown - whose draining is bounded here too.
 //!
 //! It must never know about routes or features.
 
@@ -177,7 +178,8 @@ impl<I: Write + Unpin> Write for FirstBytesDeadline<I> {
 }
 
 /// Out of file descriptors, say: accepting again at once would spin, so
-/// pause as `axum::serve` does.
+/// pause - briefly (`axum::serve` waits a second), so that the port serves
+/// again as soon as descriptors are free.
 async fn wait_after_accept_error(error: std::io::Error) {
     tracing::warn!(%error, "accepting a connection failed");
     tokio::time::sleep(Duration::from_millis(50)).await;

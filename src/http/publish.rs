@@ -5,6 +5,8 @@
 //! client runs, so every invariant still comes from the database. A batch is
 //! one transaction: all of it lands, or none. It must never assign a `seq`.
 
+pub mod payload;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -16,11 +18,10 @@ use utoipa::{PartialSchema, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::config::Role;
-use crate::error::{problems, AppError, AppJson};
-use crate::payload::jsonb_text_len;
+use super::state::AppState;
+use crate::http::auth::Publisher;
+use crate::http::error::{problems, AppError, AppJson};
+use payload::jsonb_text_len;
 
 /// Most notifications one request may carry.
 const MAX_BATCH: usize = 1000;
@@ -114,10 +115,9 @@ impl ToSchema for PublishResponse {
 )]
 async fn publish(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Publisher,
     AppJson(body): AppJson<Box<RawValue>>,
 ) -> Result<(StatusCode, AppJson<serde_json::Value>), AppError> {
-    caller.require(Role::Publisher)?;
     let (batch, is_array) = parse(&body)?;
     validate(&batch)?;
     let published = insert(&state, &batch).await?;
@@ -155,7 +155,7 @@ fn validate(batch: &[NewNotification]) -> Result<(), AppError> {
                 "notification {index}: recipient and kind must not be empty"
             )));
         }
-        if let Some(problem) = crate::auth::recipient_problem(&item.recipient) {
+        if let Some(problem) = crate::http::auth::recipient_problem(&item.recipient) {
             let detail = format!("notification {index}: recipient {problem}");
             return Err(AppError::BadRequest(detail));
         }

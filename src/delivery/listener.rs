@@ -19,8 +19,8 @@ use sqlx::PgPool;
 use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::Hub;
-use crate::lease::Leases;
+use super::hub::Hub;
+use super::lease::Leases;
 use crate::metrics::Metrics;
 
 /// The channel the triggers NOTIFY on.

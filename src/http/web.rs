@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
@@ -40,12 +40,12 @@ const PAGE_POLICY: &str =
      frame-ancestors 'none'";
 
 static CLIENT: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../web/tidings.js")));
+    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../../web/tidings.js")));
 static DEMO_SCRIPT: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../web/demo.js")));
+    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../../web/demo.js")));
 /// The demo page as served without and with demo mode.
 static PAGES: LazyLock<[Asset; 2]> = LazyLock::new(|| {
-    let page = include_str!("../web/index.html");
+    let page = include_str!("../../web/index.html");
     [
         Asset::new(HTML, page),
         Asset::new(HTML, page.replacen(DEMO_OFF, DEMO_ON, 1)),
@@ -107,7 +107,7 @@ async fn demo_script(headers: HeaderMap) -> Response {
 }
 
 /// The browser client: an ES module exporting `connect()` and defining the
-/// `<tidings-bell>` element (see the README, "In the browser").
+/// `<tidings-bell>` element (see docs/browser.md).
 #[utoipa::path(get, path = "/tidings.js", tag = "browser", security(()),
     params(Revalidate),
     responses(

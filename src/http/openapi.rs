@@ -16,8 +16,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
-use crate::error::{problems, Problem};
+use crate::http::error::{problems, Problem};
+use crate::http::state::AppState;
 
 /// The parts of the document that are not any one route's.
 #[derive(OpenApi)]
@@ -46,7 +46,7 @@ use crate::error::{problems, Problem};
             problems::Conflict,
             problems::TooManyStreams,
             problems::Unavailable,
-            crate::web::NotModified,
+            super::web::NotModified,
         )
     ),
     tags(

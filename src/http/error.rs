@@ -90,19 +90,6 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
-/// The SQLSTATE of a database error whose class (its first two characters)
-/// is one of `classes`. Callers that must tell failures a retry can clear
-/// from those it cannot (a stream's registration, the hub's fetches) each
-/// name their own classes; this is how they read them.
-pub fn sqlstate_in(error: &sqlx::Error, classes: &[&str]) -> Option<String> {
-    let sqlx::Error::Database(refused) = error else {
-        return None;
-    };
-    let code = refused.code()?;
-    let class = code.get(..2)?;
-    classes.contains(&class).then(|| code.into_owned())
-}
-
 /// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
 /// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
 /// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
@@ -122,7 +109,7 @@ fn is_unstorable_input(code: Option<&str>) -> bool {
     "type": "urn:tidings:problem:bad-request",
     "title": "Bad Request",
     "status": 400,
-    "detail": "Last-Event-ID must be a whole number, got \"abc\""
+    "detail": "Last-Event-ID must be a whole number from 0 to 9223372036854775807, got \"abc\""
 }))]
 pub struct Problem {
     /// A stable name for the kind of problem: `urn:tidings:problem:<slug>`.

@@ -17,9 +17,10 @@ use sqlx::types::Json as SqlJson;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::error::{problems, AppError, AppPath, AppQuery};
+use crate::http::auth::Caller;
+use crate::http::error::{problems, AppError, AppPath, AppQuery};
+use crate::http::query::{Limit, Seq};
+use crate::http::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
@@ -31,17 +32,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read_one))
 }
 
-/// Taken as text so that a bad value gets our problem document, not
-/// axum's plain-text rejection; documented as the numbers they must be.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// How many notifications to return, newest first.
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500, default = 50)]
-    limit: Option<String>,
+    limit: Option<Limit<MAX_LIMIT>>,
     /// Only notifications with a `seq` below this one: the next page.
     #[param(value_type = Option<i64>, minimum = 0)]
-    before: Option<String>,
+    before: Option<Seq>,
 }
 
 /// A recipient's notifications, and where to stream from to miss nothing.
@@ -93,13 +92,8 @@ async fn list(
     caller: Caller,
     AppQuery(query): AppQuery<ListQuery>,
 ) -> Result<Json<Inbox>, AppError> {
-    let limit = number_param("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(AppError::BadRequest(format!(
-            "limit must be from 1 to {MAX_LIMIT}"
-        )));
-    }
-    let before = number_param("before", query.before.as_deref())?;
+    let limit = query.limit.map_or(DEFAULT_LIMIT, |Limit(limit)| limit);
+    let before = query.before.map(|Seq(seq)| seq);
 
     // One snapshot for the items and the position, so that "list, then
     // stream from position" can neither miss nor repeat an event.
@@ -134,21 +128,6 @@ async fn list(
         unread_count: counts.as_ref().map_or(0, |c| c.unread),
         position: counts.map_or(0, |c| c.last_seq),
     }))
-}
-
-/// Parses an optional non-negative integer query parameter.
-fn number_param(name: &str, raw: Option<&str>) -> Result<Option<i64>, AppError> {
-    match raw {
-        None => Ok(None),
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Some)
-            .ok_or_else(|| {
-                AppError::BadRequest(format!("{name} must be a whole number, got {text:?}"))
-            }),
-    }
 }
 
 /// Marks one notification read. Idempotent: only the first call appends a

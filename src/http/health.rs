@@ -15,7 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -74,7 +74,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         tokio::time::timeout(Duration::from_secs(2), query).await,
         Ok(Ok(_))
     );
-    let listener = state.health.listening();
+    let listener = state.delivery.health.listening();
     let status = if database && listener {
         StatusCode::OK
     } else {

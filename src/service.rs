@@ -1,90 +1,38 @@
-//! The app: shared state, the router assembled from each feature's
-//! `router()`, and [`serve`], which runs the HTTP server with its background
-//! tasks (hub fetcher, LISTEN session, lease renewal, sweep) until shutdown.
-//! Also what every path and method the router does not know gets: a
-//! problem document, like every other failure.
+//! The service's life: [`serve`] answers the health probes at once, waits
+//! for the database and migrates it, then builds the delivery core and the
+//! HTTP app, runs the background tasks (hub fetcher, LISTEN session, lease
+//! renewal, sweep) and, on shutdown, ends every stream so clients reconnect
+//! and resume.
 //!
-//! Owns lifecycle only. It must never hold feature logic: handlers live with
-//! their feature.
+//! Owns start-up and shutdown only. It must never hold feature logic:
+//! delivery lives in `crate::delivery`, handlers in `crate::http`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, Request};
-use axum::http::{HeaderName, HeaderValue, Method, Uri};
-use axum::{Extension, Router};
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::Router;
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::audit::Exports;
-use crate::auth::Keys;
-use crate::error::AppError;
-use crate::hub::Hub;
-use crate::lease::Leases;
-use crate::listener::{Health, Listener};
-use crate::metrics::{self, Metrics};
-use crate::openapi::{self, Document};
-use crate::stream::StreamSlots;
-use crate::{audit, db, health, http, inbox, publish, stream, web};
-
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// Request pool: every query a request makes borrows from here.
-    pub pool: PgPool,
-    /// Live events per recipient.
-    pub hub: Hub,
-    /// Hint leases: a stream's recipient gets one before its position read.
-    pub leases: Leases,
-    /// Verifies client tokens.
-    pub keys: Keys,
-    /// Whether hints are flowing, for `/readyz`.
-    pub health: Health,
-    /// What `/metrics` reports; moved by the hub, listener and streams.
-    pub metrics: Arc<Metrics>,
-    /// How streams are paced and limited; the same for every stream, from
-    /// the command line.
-    pub streams: StreamSettings,
-    /// Bounds how many streams read history at once (see `stream`).
-    pub catch_up: Arc<Semaphore>,
-    /// Open streams per recipient, for `StreamSettings::max_per_recipient`.
-    pub slots: StreamSlots,
-    /// Cancelled on shutdown: streams end so the server can drain.
-    pub shutdown: CancellationToken,
-    /// See [`Settings::demo_mode`].
-    pub demo_mode: bool,
-    /// Bounds the audit exports running at once, and how long each may wait
-    /// for a client that stopped reading.
-    pub exports: Exports,
-}
-
-impl FromRef<AppState> for Keys {
-    fn from_ref(state: &AppState) -> Self {
-        state.keys.clone()
-    }
-}
-
-/// What every stream is told or held to (`--heartbeat`, `--retry`,
-/// `--max-streams-per-recipient`).
-#[derive(Clone, Copy)]
-pub struct StreamSettings {
-    /// How often an idle stream gets a comment line, so that proxies and
-    /// load balancers do not close it as idle.
-    pub heartbeat: Duration,
-    /// The reconnect delay sent in the stream's `retry:` field: how soon a
-    /// browser comes back after a stream ends (a restart, say).
-    pub retry: Duration,
-    /// Streams one recipient may hold open here; 0 = no limit.
-    pub max_per_recipient: usize,
-}
+use crate::db;
+use crate::delivery::hub::Hub;
+use crate::delivery::lease::Leases;
+use crate::delivery::listener::{Health, Listener};
+use crate::delivery::slots::StreamSlots;
+use crate::delivery::{Delivery, StreamSettings};
+use crate::http::auth::Keys;
+use crate::http::error::AppError;
+use crate::http::{self, health, AppState};
+use crate::metrics::Metrics;
 
 /// Everything [`serve`] needs, resolved (no embedded-database decisions).
 pub struct Settings {
@@ -145,7 +93,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (app, started_app) = watch::channel(None);
-    let serving = http::serve(
+    let serving = http::server::serve(
         listener,
         switching(started_app),
         settings.max_request_head,
@@ -168,7 +116,7 @@ async fn start(
     settings: &Settings,
     app: watch::Sender<Option<Router>>,
     shutdown: &CancellationToken,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
+) -> Result<Vec<JoinHandle<()>>, ServeError> {
     // The hub's connection is one of `pool_size`; requests get the rest.
     let pool = db::pool(
         settings.database.clone().application_name("tidings"),
@@ -182,30 +130,37 @@ async fn start(
         return Ok(Vec::new());
     }
     let state = state(settings, pool, shutdown);
-    let background = spawn_background(&state, settings);
-    app.send_replace(Some(router(state, &settings.cors_origins)));
+    let background = spawn_background(&state.delivery, settings);
+    app.send_replace(Some(http::router(state, &settings.cors_origins)));
     Ok(background)
 }
 
 fn state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> AppState {
-    let hub_pool = db::hub_pool(settings.database.clone().application_name("tidings-hub"));
-    let metrics = Arc::new(Metrics::new());
     // Each export holds a request-pool connection throughout: a quarter of
     // the pool at most (at least one), so exports never starve requests and
     // streams.
     let exports = (settings.pool_size.saturating_sub(1) / 4) as usize;
     AppState {
+        delivery: delivery(settings, pool.clone(), shutdown),
+        keys: Keys::new(&settings.jwt_secret),
+        exports: Exports::new(exports, settings.export_stall_timeout),
+        demo_mode: settings.demo_mode,
+        pool,
+    }
+}
+
+fn delivery(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> Delivery {
+    let hub_pool = db::hub_pool(settings.database.clone().application_name("tidings-hub"));
+    let metrics = Arc::new(Metrics::new());
+    Delivery {
         hub: Hub::new(hub_pool, metrics.clone()),
         leases: Leases::new(pool.clone(), settings.hint_lease),
-        metrics,
-        keys: Keys::new(&settings.jwt_secret),
         health: Health::default(),
+        metrics,
         streams: settings.streams,
         catch_up: Arc::new(Semaphore::new(settings.catch_up_concurrency.max(1))),
         slots: StreamSlots::default(),
         shutdown: shutdown.clone(),
-        demo_mode: settings.demo_mode,
-        exports: Exports::new(exports, settings.export_stall_timeout),
         pool,
     }
 }
@@ -242,18 +197,6 @@ fn switching(app: watch::Receiver<Option<Router>>) -> Router {
 /// For requests still waiting when the start fails or shutdown cancels it.
 async fn not_started() -> AppError {
     AppError::Busy("tidings did not start: its database is unreachable or it is stopping".into())
-}
-
-async fn no_such_path(uri: Uri) -> AppError {
-    AppError::NotFound(format!("no endpoint at {}", uri.path()))
-}
-
-/// axum adds the `Allow` header to what this returns.
-async fn no_such_method(method: Method, uri: Uri) -> AppError {
-    AppError::MethodNotAllowed(format!(
-        "{method} is not allowed on {}; Allow lists the methods that are",
-        uri.path()
-    ))
 }
 
 /// How long a database that cannot be reached is waited for (one still
@@ -346,32 +289,33 @@ fn address(options: &PgConnectOptions) -> String {
     }
 }
 
-fn spawn_background(state: &AppState, settings: &Settings) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_background(delivery: &Delivery, settings: &Settings) -> Vec<JoinHandle<()>> {
     let listener = Listener {
         options: settings
             .database
             .clone()
             .application_name("tidings-listener"),
-        pool: state.pool.clone(),
-        hub: state.hub.clone(),
-        leases: state.leases.clone(),
-        health: state.health.clone(),
-        metrics: state.metrics.clone(),
+        pool: delivery.pool.clone(),
+        hub: delivery.hub.clone(),
+        leases: delivery.leases.clone(),
+        health: delivery.health.clone(),
+        metrics: delivery.metrics.clone(),
         check_every: settings.listener_check,
     };
+    let shutdown = &delivery.shutdown;
     vec![
-        tokio::spawn(state.hub.clone().run(state.shutdown.clone())),
-        tokio::spawn(listener.run(state.shutdown.clone())),
+        tokio::spawn(delivery.hub.clone().run(shutdown.clone())),
+        tokio::spawn(listener.run(shutdown.clone())),
         tokio::spawn(
-            state
+            delivery
                 .leases
                 .clone()
-                .run(state.hub.clone(), state.shutdown.clone()),
+                .run(delivery.hub.clone(), shutdown.clone()),
         ),
         tokio::spawn(sweep(
-            state.hub.clone(),
+            delivery.hub.clone(),
             settings.sweep_interval,
-            state.shutdown.clone(),
+            shutdown.clone(),
         )),
     ]
 }
@@ -388,60 +332,4 @@ async fn sweep(hub: Hub, every: Duration, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
-}
-
-/// The span every log line of a request carries: its id, method and path.
-/// Never the query string, which may hold an `access_token`.
-fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!("request", id = request_id, method = %request.method(), path = request.uri().path())
-}
-
-pub fn router(state: AppState, cors_origins: &[HeaderValue]) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
-    let count_requests =
-        axum::middleware::from_fn_with_state(state.metrics.clone(), metrics::count_requests);
-    let (routes, api) = openapi::router()
-        .merge(stream::router())
-        .merge(inbox::router())
-        .merge(publish::router())
-        .merge(health::router())
-        .merge(metrics::router())
-        .merge(audit::router())
-        .merge(web::router())
-        .split_for_parts();
-    let mut app = routes
-        .fallback(no_such_path)
-        .method_not_allowed_fallback(no_such_method)
-        .with_state(state)
-        .layer(Extension(Document::new(&api)))
-        .layer(count_requests)
-        // No `on_failure`: a 5xx is logged once, with its cause, where it is
-        // made (`AppError`); the layer's own line would repeat it without
-        // the cause, and log every failing `/readyz` probe as an error.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
-    if !cors_origins.is_empty() {
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(cors_origins.iter().cloned()))
-                .allow_credentials(true)
-                .allow_methods([Method::GET, Method::POST])
-                .allow_headers([
-                    axum::http::header::AUTHORIZATION,
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderName::from_static("last-event-id"),
-                ]),
-        );
-    }
-    app
 }

@@ -1,0 +1,35 @@
+//! The state every handler shares: the request pool, the delivery core,
+//! the keys that verify tokens, and the bounds on audit exports.
+//!
+//! It must never hold per-request data: everything here lives as long as
+//! the server.
+
+use axum::extract::FromRef;
+use sqlx::PgPool;
+
+use super::auth::Keys;
+use crate::audit::Exports;
+use crate::delivery::Delivery;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Request pool: every query a request makes borrows from here.
+    pub pool: PgPool,
+    /// The delivery core, for streams, the readiness probe and metrics.
+    pub delivery: Delivery,
+    /// Verifies client tokens.
+    pub keys: Keys,
+    /// Bounds the audit exports running at once, and how long each may wait
+    /// for a client that stopped reading.
+    pub exports: Exports,
+    /// Started without a configured secret: the demo page offers its
+    /// publish form (the logged demo token may publish).
+    pub demo_mode: bool,
+}
+
+impl FromRef<AppState> for Keys {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
+}
