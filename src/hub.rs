@@ -241,9 +241,8 @@ impl Hub {
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
     ///
-    /// No trigger sends `*` any more (only migration 0001's did, for a hint
-    /// too long to NOTIFY; since 0003 each append hints `["recipient"]`),
-    /// but the README documents it as "look at every recipient", so an
+    /// No trigger sends `*` (each append hints `["recipient"]`, invariant
+    /// I7), but the README documents it as "look at every recipient", so an
     /// operator's or a writer's own `NOTIFY tidings, '*'` still makes every
     /// open stream's recipient be compared with the table.
     ///

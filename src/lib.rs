@@ -11,7 +11,7 @@
 //!   (with generic plans) and read-only snapshot transactions
 //!   ([`db::snapshot`]) - and the migrations in `migrations/`: the schema,
 //!   whose triggers assign each event its per-recipient `seq` and, for a
-//!   recipient with a hint lease (since migration 0008), send a NOTIFY hint
+//!   recipient with a hint lease (invariant I7), send a NOTIFY hint
 //!   at commit.
 //! - [`listener`]: the process's one LISTEN session, which receives those
 //!   hints and checks that they still arrive.
