@@ -86,7 +86,7 @@
 --   serialization error (40001, retry the transaction) if its recipient's
 --   counter row changed after the transaction's snapshot was taken - by
 --   another append, or by a tidings instance taking or renewing the
---   recipient's hint lease. READ COMMITTED writers never see either.
+--   recipient's hint lease. READ COMMITTED writers never get 40001.
 
 CREATE SCHEMA tidings;
 
