@@ -114,7 +114,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
 }
 
 async fn migrate_on(session: &PgPool) -> Result<(), MigrateError> {
-    adopt_public_bookkeeping(session).await?;
+    create_bookkeeping_schema(session).await?;
     MIGRATOR.run(session).await?;
     let newer = unknown_migrations(session).await?;
     if !newer.is_empty() {
@@ -128,15 +128,12 @@ async fn migrate_on(session: &PgPool) -> Result<(), MigrateError> {
     Ok(())
 }
 
-/// Makes the bookkeeping schema, and once, on a database an older tidings
-/// migrated (schema `tidings` exists, its bookkeeping in `public`), copies
-/// that bookkeeping over, so nothing is applied twice. tidings numbers its
-/// migrations 1-9999 and refused to share `public._sqlx_migrations` until
-/// now, so those rows there are its own. They stay in `public` too: an
-/// older tidings started during a rollback still finds them. Under a lock,
-/// as instances may start together; the schema is made only if missing, so
-/// a role without CREATE on the database can run an upgraded database.
-async fn adopt_public_bookkeeping(session: &PgPool) -> Result<(), MigrateError> {
+/// Makes the bookkeeping schema if it is missing. Under a lock, as
+/// instances may start together and two `CREATE SCHEMA` at once collide;
+/// and only if missing, because PostgreSQL checks the `CREATE` privilege
+/// on the database even for `CREATE SCHEMA IF NOT EXISTS`, and a role
+/// without it can still run a database that has the schema.
+async fn create_bookkeeping_schema(session: &PgPool) -> Result<(), MigrateError> {
     sqlx::raw_sql(
         "BEGIN;
          SELECT pg_advisory_xact_lock(7406115238094829312);
@@ -144,15 +141,6 @@ async fn adopt_public_bookkeeping(session: &PgPool) -> Result<(), MigrateError> 
          BEGIN
              IF to_regnamespace('tidings_migrations') IS NULL THEN
                  CREATE SCHEMA tidings_migrations;
-             END IF;
-             IF to_regclass('tidings_migrations._sqlx_migrations') IS NULL
-                AND to_regnamespace('tidings') IS NOT NULL
-                AND to_regclass('public._sqlx_migrations') IS NOT NULL
-             THEN
-                 CREATE TABLE tidings_migrations._sqlx_migrations
-                     (LIKE public._sqlx_migrations INCLUDING ALL);
-                 INSERT INTO tidings_migrations._sqlx_migrations
-                 SELECT * FROM public._sqlx_migrations WHERE version BETWEEN 1 AND 9999;
              END IF;
          END $$;
          COMMIT;",

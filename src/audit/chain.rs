@@ -1,14 +1,14 @@
 //! The hash chain's verifier: walks each recipient's chain (invariant I8 in
-//! `migrations/0002_audit.sql`) and reports the first broken link. Backs
+//! `migrations/0001_schema.sql`) and reports the first broken link. Backs
 //! `GET /v1/audit/verify` and `tidings verify`.
 //!
 //! It trusts nothing in the database but its rows: it rebuilds each event's
-//! canonical encoding with built-in functions only - not the migrations'
+//! canonical encoding with built-in functions only - not the schema's
 //! `tidings.canonical`, nor `tidings.notification_text` and
-//! `tidings.read_text`, through which the triggers hash since migration
-//! 0003, any of which a superuser could redefine - and computes SHA-256
-//! itself. (The triggers build the text with `json_build_array`, this with
-//! `jsonb_build_array(...)::text`: the same bytes, as migration 0007
+//! `tidings.read_text`, through which the triggers hash, any of which a
+//! superuser could redefine - and computes SHA-256 itself. (The triggers
+//! build the text with `json_build_array`, this with
+//! `jsonb_build_array(...)::text`: the same bytes, as docs/schema.md
 //! explains, so every verified chain also checks that.) It must never
 //! write.
 

@@ -292,7 +292,7 @@ impl LogRow {
 /// `seq > after[i]`, at most `limit` each, in `seq` order. One query serves
 /// every recipient of a burst: the hub's way to fetch a row once for all.
 ///
-/// Because `seq` is dense (invariant I1 in the migration), the next `limit`
+/// Because `seq` is dense (invariant I1 of the schema), the next `limit`
 /// events are exactly those in `after + 1 ..= after + limit`; saying so
 /// bounds every scan by the page size whatever plan PostgreSQL picks (a
 /// fresh burst without statistics otherwise got a scan of *all* later rows

@@ -241,10 +241,10 @@ impl Hub {
     /// Handles a NOTIFY payload: a JSON array of recipients, or `*` for all.
     /// Anything else (such as another instance's listener check) is ignored.
     ///
-    /// No trigger sends `*` (each append hints `["recipient"]`), but the
-    /// protocol documents it as "look at every recipient", so an operator's
-    /// or a writer's own `NOTIFY tidings, '*'` makes every open stream's
-    /// recipient be compared with the table.
+    /// No trigger sends `*` (each append hints `["recipient"]`, invariant
+    /// I7), but the protocol documents it as "look at every recipient", so
+    /// an operator's or a writer's own `NOTIFY tidings, '*'` makes every
+    /// open stream's recipient be compared with the table.
     ///
     /// Appends hint for every recipient with a lease, but some of those
     /// have no open stream here (another instance streams them, or the

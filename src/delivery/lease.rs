@@ -1,6 +1,6 @@
 //! Hint leases: the database's record of which recipients some tidings
 //! instance streams, so that appends for everyone else commit without a
-//! NOTIFY (migration 0008, I7). A notifying commit queues for PostgreSQL's
+//! NOTIFY (invariant I7). A notifying commit queues for PostgreSQL's
 //! one notify lock across its WAL flush; a commit without one can share a
 //! flush with others. Most notifications go to people with no stream open.
 //!

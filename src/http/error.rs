@@ -94,8 +94,8 @@ impl From<sqlx::Error> for AppError {
 /// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
 /// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
 /// large to index (54000, say a recipient of many kilobytes) and rows the
-/// schema refuses (23514, such as a payload that prints larger than I10
-/// allows, migration 0010).
+/// schema refuses (23514, such as a payload that prints larger than
+/// invariant I10 allows).
 fn is_unstorable_input(code: Option<&str>) -> bool {
     matches!(
         code,

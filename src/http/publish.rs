@@ -26,8 +26,8 @@ use payload::jsonb_text_len;
 /// Most notifications one request may carry.
 const MAX_BATCH: usize = 1000;
 /// Most bytes a payload may take as PostgreSQL prints it (`payload::text`,
-/// what every fetch, page and frame carries): invariant I10 of migration
-/// 0010, which must say the same number.
+/// what every fetch, page and frame carries): invariant I10 of the schema
+/// (`migrations/0001_schema.sql`), whose trigger must say the same number.
 pub const MAX_PAYLOAD_TEXT: usize = 131_072;
 
 pub fn router() -> OpenApiRouter<AppState> {

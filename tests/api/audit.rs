@@ -96,10 +96,129 @@ async fn a_clean_history_verifies_through_the_api_and_the_cli() {
     assert_eq!(verify_api(&app, Some("bob")).await["events"], 1);
 }
 
+/// Every way of appending at once, each through its own path in the
+/// trigger: bulk statements sorted (runs of cache hits) and interleaved (a
+/// miss per row), keys with repeats, a savepoint rolled back, reads, a
+/// streamed recipient (whose appends hint), writers sharing recipients
+/// concurrently, and HTTP publishes and read marks.
+async fn load(app: &TestApp) {
+    let _streamed = app.stream("streamed", None).await;
+    for statement in [
+        "INSERT INTO tidings.notifications (recipient, kind, payload)
+         SELECT 'r' || (i % 40), 'sorted', jsonb_build_object('i', i)
+           FROM generate_series(1, 2000) AS i ORDER BY 1",
+        "INSERT INTO tidings.notifications (recipient, kind, payload)
+         SELECT 'r' || (i % 40), 'interleaved', jsonb_build_object('i', i)
+           FROM generate_series(1, 1000) AS i",
+        "INSERT INTO tidings.notifications (recipient, kind, idempotency_key)
+         SELECT 'k' || (i % 2), 'keyed', md5((i % 4)::text)::uuid
+           FROM generate_series(1, 12) AS i ORDER BY 1",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT 'streamed', 'run' FROM generate_series(1, 20)",
+        "INSERT INTO tidings.reads (recipient, notification_ids)
+         SELECT recipient, (array_agg(id ORDER BY id))[1:10]
+           FROM tidings.notifications GROUP BY recipient ORDER BY recipient",
+    ] {
+        sqlx::query(statement)
+            .execute(&app.db)
+            .await
+            .expect(statement);
+    }
+    let mut tx = app.db.begin().await.expect("begin");
+    for statement in [
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'kept' FROM unnest('{r1,r1,r2}'::text[]) AS r",
+        "SAVEPOINT s",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'undone' FROM unnest('{r1,r2,r2}'::text[]) AS r",
+        "ROLLBACK TO SAVEPOINT s",
+        "INSERT INTO tidings.notifications (recipient, kind)
+         SELECT r, 'after' FROM unnest('{r2,r1,streamed}'::text[]) AS r",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut *tx)
+            .await
+            .expect(statement);
+    }
+    tx.commit().await.expect("commit");
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let db = app.db.clone();
+            tokio::spawn(async move {
+                for n in 0..25 {
+                    sqlx::query(
+                        "INSERT INTO tidings.notifications (recipient, kind) VALUES ($1, 'concurrent')",
+                    )
+                    .bind(format!("r{}", (writer + n) % 5))
+                    .execute(&db)
+                    .await
+                    .expect("a concurrent append");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let publisher = app.token_with("svc", &[Role::Publisher]);
+    let published = app
+        .client
+        .post(format!("{}/v1/notifications", app.address))
+        .bearer_auth(publisher)
+        .json(&json!([
+            {"recipient": "streamed", "kind": "http"},
+            {"recipient": "r5", "kind": "http", "idempotency_key": uuid::Uuid::new_v4()},
+        ]))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 201);
+    let unread: i64 =
+        sqlx::query_scalar("SELECT max(id) FROM tidings.notifications WHERE recipient = 'r5'")
+            .fetch_one(&app.db)
+            .await
+            .expect("r5's latest");
+    let read = app
+        .post(&format!("/v1/notifications/{unread}/read"), "r5")
+        .send()
+        .await
+        .expect("read");
+    assert!(read.status().is_success(), "{}", read.status());
+}
+
+#[tokio::test]
+async fn verify_is_clean_on_a_fresh_database_and_on_a_loaded_one() {
+    let app = spawn_app().await;
+    let fresh_api = verify_api(&app, None).await;
+    let (fresh_cli_ok, fresh_cli_out) = verify_cli(&app, &[]);
+    assert_eq!(
+        fresh_api,
+        json!({"ok": true, "recipients": 0, "events": 0, "broken": null})
+    );
+    assert!(fresh_cli_ok, "{fresh_cli_out}");
+
+    load(&app).await;
+    let (events, recipients): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT recipient) FROM tidings.events")
+            .fetch_one(&app.db)
+            .await
+            .expect("what the load appended");
+
+    let loaded_api = verify_api(&app, None).await;
+    let (loaded_cli_ok, loaded_cli_out) = verify_cli(&app, &[]);
+
+    assert!(events > 3000 && recipients > 40, "{events} / {recipients}");
+    assert_eq!(
+        loaded_api,
+        json!({"ok": true, "recipients": recipients, "events": events, "broken": null})
+    );
+    assert!(loaded_cli_ok, "{loaded_cli_out}");
+}
+
 #[tokio::test]
 async fn chains_of_awkward_text_verify_byte_for_byte() {
     // Arrange: the triggers build each event's canonical text one way and
-    // the verifier another (migration 0007); any byte they disagree on
+    // the verifier another (docs/schema.md); any byte they disagree on
     // breaks the chain. So: quotes, backslashes, control characters,
     // non-ASCII, nesting, numbers jsonb normalizes, keys, single rows and
     // runs, and a read in between.
@@ -426,9 +545,9 @@ async fn redefining_the_databases_canonical_functions_does_not_hide_an_edit_from
     assert!(cli_out.contains("\"seq\": 2"), "{cli_out}");
 }
 
-/// I9 (migrations/0002_audit.sql): the auditor reads `tidings.audit_log`
+/// I9 (migrations/0001_schema.sql): the auditor reads `tidings.audit_log`
 /// and nothing else - not the tables and views behind it, not
-/// `set_hints` (EXECUTE revoked from PUBLIC in 0005; the call would fail
+/// `set_hints` (EXECUTE revoked from PUBLIC; the call would fail
 /// anyway, on redefining `send_hint`) - and holds no privilege to write
 /// through the view. (Writes to it fail with 55000
 /// before privileges are checked, as a UNION view is not updatable; the

@@ -1,4 +1,4 @@
-//! Appends NOTIFY only for recipients someone streams (I7, migration 0008):
+//! Appends NOTIFY only for recipients someone streams (invariant I7):
 //! a stream's recipient holds a hint lease from before the stream reads its
 //! position until after it closes, and nobody else's appends queue for
 //! PostgreSQL's notify lock.

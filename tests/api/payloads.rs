@@ -1,6 +1,6 @@
 //! What must not stop delivery: payloads that print huge (over 128 KiB,
-//! refused by the publisher and migration 0010), one recipient whose rows
-//! cannot be read, an exhausted request pool.
+//! refused by the publisher and by the schema, invariant I10), one
+//! recipient whose rows cannot be read, an exhausted request pool.
 
 use std::time::Duration;
 

@@ -150,33 +150,6 @@ async fn an_applications_own_sqlx_migrations_live_beside_tidings_in_one_database
 }
 
 #[tokio::test]
-async fn a_database_an_older_tidings_migrated_keeps_its_history_and_applies_nothing_twice() {
-    // Arrange: the layout before tidings had its own schema - its
-    // bookkeeping in public, none in tidings_migrations.
-    let database = database_after(
-        "CREATE TABLE public._sqlx_migrations AS
-             SELECT * FROM tidings_migrations._sqlx_migrations;
-         DROP SCHEMA tidings_migrations CASCADE;",
-    )
-    .await;
-    let applied = bookkeeping(&database, "public._sqlx_migrations").await;
-
-    // Act
-    let output = tidings(&["migrate"], &[("DATABASE_URL", &url_of(&database))]);
-
-    // Assert: adopted (a second run of 0001 would fail: schema exists).
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(
-        bookkeeping(&database, "tidings_migrations._sqlx_migrations").await,
-        applied
-    );
-    assert_eq!(
-        bookkeeping(&database, "public._sqlx_migrations").await,
-        applied
-    );
-}
-
-#[tokio::test]
 async fn a_pgport_in_the_environment_does_not_move_the_embedded_cluster() {
     let dir = TempDir::new();
 

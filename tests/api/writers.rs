@@ -1,7 +1,7 @@
 //! Writers that interleave badly: crossing lock orders, REPEATABLE READ,
 //! and long transactions. The rules (insert in recipient order, or retry
-//! on 40P01/40001) are in the migration and the README; these tests hold
-//! the database to them.
+//! on 40P01/40001) are in the schema's header and the README; these tests
+//! hold the database to them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

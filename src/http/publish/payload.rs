@@ -1,11 +1,11 @@
 //! Payloads: how many bytes a JSON payload takes as PostgreSQL prints it
 //! (`payload::text`), computed from the JSON as sent. Invariant I10
-//! (`migrations/0010_payload_size.sql`) bounds that size, and the database
+//! (`migrations/0001_schema.sql`) bounds that size, and the database
 //! enforces it; this lets `publish` refuse an oversized payload before the
 //! database has to build its text (twice) only to refuse it - a 9 KB
 //! request can print as 131 MB, since jsonb prints numbers in full. The
-//! bound itself is `publish::MAX_PAYLOAD_TEXT`, where migration 0010 says
-//! it is kept.
+//! bound itself is `publish::MAX_PAYLOAD_TEXT`, which the schema's trigger
+//! names as the number to keep equal.
 //!
 //! It must agree with PostgreSQL byte for byte (a test in
 //! `tests/api/payloads.rs` compares them), or the HTTP path would refuse
