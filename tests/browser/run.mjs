@@ -396,13 +396,22 @@ const scenarios = {
     const declared = declaredApi(ts, declarations);
 
     const browser = await launchBrowser();
-    const page = await demoPage(await browser.newContext(), server, 'tina');
+    const context = await browser.newContext();
+    // web/ as written, unjoined, as if served at /unjoined/.
+    const web = fileURLToPath(new URL('../../web/', import.meta.url));
+    await context.route('**/unjoined/**', (route) => {
+      const file = path.join(web, new URL(route.request().url()).pathname.replace('/unjoined/', ''));
+      return route.fulfill({ path: file, contentType: 'text/javascript' });
+    });
+    const page = await demoPage(context, server, 'tina');
     const running = await page.evaluate(async () => {
       const client = await import('/tidings.js');
+      const unjoined = await import('/unjoined/tidings.js');
       const feed = document.querySelector('tidings-bell').feed;
       const members = (object) => Object.getOwnPropertyNames(object).filter((name) => name !== 'constructor');
       return {
         exports: Object.keys(client),
+        unjoined: Object.keys(unjoined),
         feed: [...Object.keys(feed), ...members(Object.getPrototypeOf(feed))],
         bell: members(client.TidingsBell.prototype),
         observed: client.TidingsBell.observedAttributes,
@@ -412,6 +421,7 @@ const scenarios = {
     const sorted = (names) => [...new Set(names)].sort();
     const found = (pattern) => sorted([...client.matchAll(pattern)].map((match) => match[1]));
     checkEqual(sorted(running.exports), declared.exports, 'the module exports what is declared');
+    checkEqual(sorted(running.unjoined), declared.exports, 'web/tidings.js loads unjoined, with the same exports');
     checkEqual(sorted(running.feed), declared.Feed, 'a feed has the declared members');
     checkEqual(sorted(running.bell), declared.TidingsBell, "the element's properties and methods");
     check(running.defined, 'the declared TidingsBell is the <tidings-bell> defined');
