@@ -9,12 +9,12 @@
 //!
 //! The client (`web/tidings.js` and the modules it imports from
 //! `web/tidings/`) is written as plain ES modules and served as one file,
-//! `$OUT_DIR/tidings.js` (see src/web.rs for why one file). The join must
-//! never rewrite code: it comments out the static `import` lines, drops the
-//! `export` keyword from the parts' top-level declarations, and puts the
-//! parts in the order a browser would evaluate them, each under a marker
-//! that says which file it is and how its line numbers map. Anything the
-//! join could get wrong - another import form, a name imported that the
+//! `$OUT_DIR/tidings.js` (the `web` module serving it says why). The join
+//! must never rewrite code: it comments out the static `import` lines,
+//! drops the `export` keyword from the parts' top-level declarations, and
+//! puts the parts in the order a browser would evaluate them, each under a
+//! marker that says which file it is and how its line numbers map. Anything
+//! the join could get wrong - another import form, a name imported that the
 //! module named does not export, two parts declaring one name - fails the
 //! build instead of producing a file that behaves unlike its sources.
 
@@ -160,8 +160,8 @@ const DECLARATIONS: [&str; 7] = [
 ];
 
 /// Only lines at column 0 are looked at: top-level statements, formatted
-/// as this project formats them (a template literal's lines never start
-/// with `import ` or `export `, which the tests of the served file check).
+/// as this project formats them. So no line of a template literal may
+/// start with `import ` or `export ` (most such lines fail the checks here).
 fn parse(name: &str, source: &str, is_entry: bool) -> Result<Module, String> {
     let mut module = Module {
         name: name.to_owned(),

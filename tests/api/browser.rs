@@ -73,6 +73,11 @@ async fn browser_resets_to_the_log_when_the_database_was_restored_behind_it() {
 }
 
 #[tokio::test]
+async fn browser_loads_the_client_from_another_origin_both_ways_the_readme_shows() {
+    run_scenario("origin").await;
+}
+
+#[tokio::test]
 async fn browser_types_declare_exactly_what_the_client_has_and_type_check() {
     run_scenario("types").await;
 }

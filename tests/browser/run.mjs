@@ -4,6 +4,7 @@
 // Exit status 0 = the scenario's guarantee held; any failure says which.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -12,6 +13,7 @@ import { PNG } from 'pngjs';
 import {
   ARTIFACTS,
   RESTORED,
+  atExit,
   Tidings,
   bellState,
   bellUntil,
@@ -382,7 +384,41 @@ const scenarios = {
   },
 
   /**
-   * 10. tidings.d.ts declares exactly what the module running in the
+   * 10. A host app on another origin loads the client both ways the README
+   * shows, and the bell finds tidings where the module came from.
+   */
+  async origin() {
+    // The host app: another origin (another port), on loopback as tidings
+    // is, since Chromium keeps pages from elsewhere off loopback addresses.
+    let page = '';
+    const app = http.createServer((request, response) => {
+      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      response.end(page);
+    });
+    await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+    atExit(() => new Promise((resolve) => app.close(resolve)));
+    const origin = `http://127.0.0.1:${app.address().port}`;
+    process.env.TIDINGS_CORS_ORIGINS = origin;
+    const server = await Tidings.start();
+    delete process.env.TIDINGS_CORS_ORIGINS;
+    page = `<!doctype html>
+<script type="module" src="${server.url}/tidings.js"></script>
+<script type="module">
+  import { connect } from '${server.url}/tidings.js';
+  window.imported = typeof connect;
+</script>
+<tidings-bell token="${token('olga')}"></tidings-bell>`;
+    const db = await database();
+    const browser = await launchBrowser();
+    const tab = await openPage(await browser.newContext(), `${origin}/`);
+    await bellUntil(tab, 'the bell is live, talking to tidings, not to the host app', (s) => s.status === 'live');
+    check(await tab.evaluate(() => window.imported === 'function'), 'connect is imported');
+    await insertAndMeasure(db, tab, 'olga', 'Across origins', 1);
+    checkNoPageErrors(tab);
+  },
+
+  /**
+   * 11. tidings.d.ts declares exactly what the module running in the
    * browser has, and the README's usage type-checks against it.
    */
   async types() {

@@ -5,8 +5,9 @@
 // TEMPLATE is parsed as markup, payload text is only ever set as text.
 //
 // `connect` comes from the entry module, which imports this one: a cycle
-// that is safe because the bell calls connect() only once an element is in
-// a document, long after every module has been evaluated.
+// that is safe because connect is a function declaration (bound before any
+// module's code runs) and the bell calls it only from an element's
+// callbacks, never while this module is evaluated.
 
 import { connect } from '../tidings.js';
 import { TidingsError, claimsOf } from './feed.js';

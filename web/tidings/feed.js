@@ -1,8 +1,8 @@
 // tidings/feed.js - the feed behind connect(): the recipient's inbox, kept
 // current by one stream that all tabs of a browser share. It owns the
 // connection (load, stream, resume, reconnect), the sharing among tabs,
-// tokens and HTTP. It must never touch the DOM beyond `document.baseURI`:
-// the bell, not the feed, shows things.
+// tokens and HTTP. It must never touch the document beyond reading
+// `document.baseURI`: showing things is the bell's (or the host app's) job.
 //
 // How it keeps the "nothing lost, nothing doubled" promise of the server:
 // it loads the inbox, then streams from the inbox's `position`; every event
