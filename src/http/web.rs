@@ -1,7 +1,20 @@
 //! Web: what a browser loads from tidings itself - `GET /tidings.js` (the
-//! browser client and the `<tidings-bell>` element), `GET /` (the demo page)
-//! and `GET /demo.js` (the demo page's script). The files live in `web/` and
-//! are compiled into the binary, so a deployment is still one file.
+//! browser client and the `<tidings-bell>` element), `GET /tidings.d.ts`
+//! (its TypeScript declarations), `GET /` (the demo page) and `GET /demo.js`
+//! (the demo page's script). The files live in `web/` and are compiled into
+//! the binary, so a deployment is still one file.
+//!
+//! The client is written as several ES modules (`web/tidings.js` and
+//! `web/tidings/*.js`) but served as ONE file that build.rs joins, not as
+//! an entry module importing siblings from `/tidings/*.js`. One file is one
+//! version: an entry module and its siblings are separate responses, and a
+//! page loading during an upgrade (or behind instances of two versions)
+//! could get a fresh entry with a stale sibling, which versioned sibling
+//! URLs would turn into a 404 instead. It is also one revalidation per page
+//! load rather than five, two round trips deep; and a host app whose CSP
+//! allows exactly `https://tidings.example.com/tidings.js` keeps working.
+//! The join keeps the code as written (no minifying, a marker per part
+//! mapping its line numbers), so it reads in a debugger as the sources do.
 //!
 //! Every response carries a strong ETag (a hash of the exact bytes) and
 //! `Cache-Control: no-cache`: browsers revalidate each load with a cheap 304
@@ -26,6 +39,8 @@ use crate::http::state::AppState;
 
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 const HTML: &str = "text/html; charset=utf-8";
+/// What TypeScript tooling that fetches declarations by URL (Deno) expects.
+const TYPESCRIPT: &str = "application/typescript; charset=utf-8";
 
 /// The demo page says whether it is in demo mode (`AppState::demo_mode`)
 /// with this attribute; the server flips it, the page's script reads it.
@@ -39,13 +54,30 @@ const PAGE_POLICY: &str =
      img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
      frame-ancestors 'none'";
 
-static CLIENT: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../../web/tidings.js")));
-static DEMO_SCRIPT: LazyLock<Asset> =
-    LazyLock::new(|| Asset::new(JAVASCRIPT, include_str!("../../web/demo.js")));
+/// `web/tidings.js` with the modules it imports, joined by build.rs.
+static CLIENT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        JAVASCRIPT,
+        include_str!(concat!(env!("OUT_DIR"), "/tidings.js")),
+    )
+});
+/// `web/tidings.d.ts`. (Files are named from the crate root, so the
+/// paths hold wherever this module lives.)
+static TYPES: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        TYPESCRIPT,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/tidings.d.ts")),
+    )
+});
+static DEMO_SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        JAVASCRIPT,
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/demo.js")),
+    )
+});
 /// The demo page as served without and with demo mode.
 static PAGES: LazyLock<[Asset; 2]> = LazyLock::new(|| {
-    let page = include_str!("../../web/index.html");
+    let page = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/web/index.html"));
     [
         Asset::new(HTML, page),
         Asset::new(HTML, page.replacen(DEMO_OFF, DEMO_ON, 1)),
@@ -57,6 +89,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(demo_page))
         .routes(routes!(demo_script))
         .routes(routes!(client))
+        .routes(routes!(client_types))
 }
 
 /// What every file here answers to: revalidation by ETag (documentation
@@ -117,7 +150,23 @@ async fn demo_script(headers: HeaderMap) -> Response {
 async fn client(headers: HeaderMap) -> Response {
     // Module scripts are fetched with CORS, so a host app on another origin
     // can import the client only if it says so; it holds nothing private.
-    let mut response = CLIENT.respond(&headers);
+    for_any_origin(CLIENT.respond(&headers))
+}
+
+/// The client's TypeScript declarations: what `/tidings.js` exports, and
+/// the `<tidings-bell>` element's attributes, properties and events. Served
+/// beside the client so they always match the version running here.
+#[utoipa::path(get, path = "/tidings.d.ts", tag = "browser", security(()),
+    params(Revalidate),
+    responses(
+        (status = 200, description = "The declarations", content_type = "application/typescript", body = String),
+        (status = 304, response = NotModified),
+    ))]
+async fn client_types(headers: HeaderMap) -> Response {
+    for_any_origin(TYPES.respond(&headers))
+}
+
+fn for_any_origin(mut response: Response) -> Response {
     response
         .headers_mut()
         .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));

@@ -1,7 +1,8 @@
-//! The browser side: `/tidings.js` and the demo page over HTTP, then the
-//! client and `<tidings-bell>` in a real headless Chromium, driven by
-//! `tests/browser/run.mjs` (Playwright) against the real `tidings` binary
-//! and PostgreSQL. One test per scenario, so a failure names its guarantee.
+//! The browser side: `/tidings.js`, `/tidings.d.ts` and the demo page over
+//! HTTP, then the client and `<tidings-bell>` in a real headless Chromium,
+//! driven by `tests/browser/run.mjs` (Playwright) against the real
+//! `tidings` binary and PostgreSQL. One test per scenario, so a failure
+//! names its guarantee.
 //!
 //! The browser scenarios need Chromium (`/usr/bin/chromium`), Node.js and
 //! `tests/browser/node_modules`; `.ci/run` installs them. Where one is
@@ -72,6 +73,16 @@ async fn browser_resets_to_the_log_when_the_database_was_restored_behind_it() {
 }
 
 #[tokio::test]
+async fn browser_loads_the_client_from_another_origin_both_ways_the_readme_shows() {
+    run_scenario("origin").await;
+}
+
+#[tokio::test]
+async fn browser_types_declare_exactly_what_the_client_has_and_type_check() {
+    run_scenario("types").await;
+}
+
+#[tokio::test]
 async fn browser_client_is_a_module_with_an_etag_that_revalidates_to_304() {
     let app = spawn_app().await;
     let url = format!("{}/tidings.js", app.address);
@@ -102,6 +113,81 @@ async fn browser_client_is_a_module_with_an_etag_that_revalidates_to_304() {
     let again = again.send().await.expect("conditional GET");
     assert_eq!(again.status(), 304);
     assert_eq!(header(&again, "etag"), etag);
+    assert!(again.bytes().await.expect("body").is_empty());
+}
+
+/// The client is served as one file joined from its modules: nothing of
+/// the join's input is left for a browser to fetch.
+#[tokio::test]
+async fn browser_client_is_one_file_importing_nothing_for_any_origin() {
+    let app = spawn_app().await;
+
+    let response = app.client.get(format!("{}/tidings.js", app.address));
+    let response = response.send().await.expect("GET /tidings.js");
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "access-control-allow-origin"), "*");
+    assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    let script = response.text().await.expect("body");
+    let statements: Vec<&str> = script
+        .lines()
+        .filter(|line| line.starts_with("import ") || line.starts_with("export "))
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "export function connect(options = {}) {",
+            "export { TidingsBell, TidingsError, claimsOf, describe };",
+            "export default { connect, TidingsBell, TidingsError, describe };",
+        ],
+        "no imports left, and only the entry module's exports"
+    );
+    for part in ["feed", "format", "styles", "bell"] {
+        let marker = format!("// ---- web/tidings/{part}.js (its line N is line N + ");
+        assert!(script.contains(&marker), "a marker for {part}.js");
+    }
+    let missing = app.client.get(format!("{}/tidings/feed.js", app.address));
+    let missing = missing.send().await.expect("GET /tidings/feed.js");
+    assert_eq!(missing.status(), 404, "the parts are not served");
+}
+
+#[tokio::test]
+async fn browser_client_types_are_served_like_the_client_with_an_etag_that_revalidates_to_304() {
+    let app = spawn_app().await;
+    let url = format!("{}/tidings.d.ts", app.address);
+
+    let first = app
+        .client
+        .get(&url)
+        .send()
+        .await
+        .expect("GET /tidings.d.ts");
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        header(&first, "content-type"),
+        "application/typescript; charset=utf-8"
+    );
+    assert_eq!(header(&first, "cache-control"), "no-cache");
+    assert_eq!(header(&first, "x-content-type-options"), "nosniff");
+    assert_eq!(header(&first, "access-control-allow-origin"), "*");
+    let etag = header(&first, "etag");
+    assert!(
+        etag.starts_with('"') && etag.len() > 10,
+        "a strong ETag: {etag}"
+    );
+    let declarations = first.text().await.expect("body");
+    for declared in [
+        "export declare function connect(",
+        "export declare class TidingsBell extends HTMLElement",
+        "'tidings-bell': TidingsBell;",
+    ] {
+        assert!(declarations.contains(declared), "declares {declared}");
+    }
+
+    let again = app.client.get(&url).header("if-none-match", &etag);
+    let again = again.send().await.expect("conditional GET");
+    assert_eq!(again.status(), 304);
+    assert_eq!(header(&again, "etag"), etag);
+    assert_eq!(header(&again, "access-control-allow-origin"), "*");
     assert!(again.bytes().await.expect("body").is_empty());
 }
 

@@ -14,11 +14,13 @@ use serde_json::Value;
 use crate::helpers::{runnable, spawn_app, TestApp};
 use tidings::config::Role;
 
-/// Every route SPEC.md names, as the document must list it.
+/// Every route SPEC.md names, and the client's TypeScript declarations, as
+/// the document must list them.
 const CONTRACT: &[&str] = &[
     "/",
     "/demo.js",
     "/tidings.js",
+    "/tidings.d.ts",
     "/healthz",
     "/metrics",
     "/openapi.json",
@@ -106,6 +108,7 @@ async fn protected_operations_document_401_and_answer_it_without_a_token() {
         "/",
         "/demo.js",
         "/tidings.js",
+        "/tidings.d.ts",
     ];
     let schemes = document["components"]["securitySchemes"]
         .as_object()

@@ -4,13 +4,16 @@
 // Exit status 0 = the scenario's guarantee held; any failure says which.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { PNG } from 'pngjs';
 
 import {
   ARTIFACTS,
   RESTORED,
+  atExit,
   Tidings,
   bellState,
   bellUntil,
@@ -379,7 +382,147 @@ const scenarios = {
     checkEqual(state.unread, 2, 'unread count of the restored log');
     checkNoPageErrors(page);
   },
+
+  /**
+   * 10. A host app on another origin loads the client both ways the README
+   * shows, and the bell finds tidings where the module came from.
+   */
+  async origin() {
+    // The host app: another origin (another port), on loopback as tidings
+    // is, since Chromium keeps pages from elsewhere off loopback addresses.
+    let page = '';
+    const app = http.createServer((request, response) => {
+      response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+      response.end(page);
+    });
+    await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+    atExit(() => new Promise((resolve) => app.close(resolve)));
+    const origin = `http://127.0.0.1:${app.address().port}`;
+    process.env.TIDINGS_CORS_ORIGINS = origin;
+    const server = await Tidings.start();
+    delete process.env.TIDINGS_CORS_ORIGINS;
+    page = `<!doctype html>
+<script type="module" src="${server.url}/tidings.js"></script>
+<script type="module">
+  import { connect } from '${server.url}/tidings.js';
+  window.imported = typeof connect;
+</script>
+<tidings-bell token="${token('olga')}"></tidings-bell>`;
+    const db = await database();
+    const browser = await launchBrowser();
+    const tab = await openPage(await browser.newContext(), `${origin}/`);
+    await bellUntil(tab, 'the bell is live, talking to tidings, not to the host app', (s) => s.status === 'live');
+    check(await tab.evaluate(() => window.imported === 'function'), 'connect is imported');
+    await insertAndMeasure(db, tab, 'olga', 'Across origins', 1);
+    checkNoPageErrors(tab);
+  },
+
+  /**
+   * 11. tidings.d.ts declares exactly what the module running in the
+   * browser has, and the README's usage type-checks against it.
+   */
+  async types() {
+    // Loaded here only, so that the other scenarios run without it.
+    const ts = (await import('typescript')).default;
+    const server = await Tidings.start();
+    const declarations = await (await fetch(`${server.url}/tidings.d.ts`)).text();
+    const client = await (await fetch(`${server.url}/tidings.js`)).text();
+    const file = fileURLToPath(new URL('../../web/tidings.d.ts', import.meta.url));
+    checkEqual(declarations, readFileSync(file, 'utf8'), '/tidings.d.ts is web/tidings.d.ts');
+    const declared = declaredApi(ts, declarations);
+
+    const browser = await launchBrowser();
+    const context = await browser.newContext();
+    // web/ as written, unjoined, as if served at /unjoined/.
+    const web = fileURLToPath(new URL('../../web/', import.meta.url));
+    await context.route('**/unjoined/**', (route) => {
+      const file = path.join(web, new URL(route.request().url()).pathname.replace('/unjoined/', ''));
+      return route.fulfill({ path: file, contentType: 'text/javascript' });
+    });
+    const page = await demoPage(context, server, 'tina');
+    const running = await page.evaluate(async () => {
+      const client = await import('/tidings.js');
+      const unjoined = await import('/unjoined/tidings.js');
+      const feed = document.querySelector('tidings-bell').feed;
+      const members = (object) => Object.getOwnPropertyNames(object).filter((name) => name !== 'constructor');
+      return {
+        exports: Object.keys(client),
+        unjoined: Object.keys(unjoined),
+        feed: [...Object.keys(feed), ...members(Object.getPrototypeOf(feed))],
+        bell: members(client.TidingsBell.prototype),
+        observed: client.TidingsBell.observedAttributes,
+        defined: customElements.get('tidings-bell') === client.TidingsBell,
+      };
+    });
+    const sorted = (names) => [...new Set(names)].sort();
+    const found = (pattern) => sorted([...client.matchAll(pattern)].map((match) => match[1]));
+    checkEqual(sorted(running.exports), declared.exports, 'the module exports what is declared');
+    checkEqual(sorted(running.unjoined), declared.exports, 'web/tidings.js loads unjoined, with the same exports');
+    checkEqual(sorted(running.feed), declared.Feed, 'a feed has the declared members');
+    checkEqual(sorted(running.bell), declared.TidingsBell, "the element's properties and methods");
+    check(running.defined, 'the declared TidingsBell is the <tidings-bell> defined');
+    checkEqual(
+      declared.TidingsBellAttributes.filter((name) => !running.observed.includes(name)),
+      ['align'],
+      'every attribute the element observes is declared (align is read by its CSS only)',
+    );
+    checkEqual(
+      declared.TidingsBellStateAttributes,
+      found(/this\.(?:set|toggle)Attribute\('([\w-]+)'/g),
+      'the attributes it sets on itself',
+    );
+    checkEqual(declared.TidingsBellEventMap, found(/new CustomEvent\('([\w-]+)'/g), 'the events it dispatches');
+    checkEqual(
+      declared.ConnectOptions,
+      sorted([...found(/\boptions\.(\w+)/g), ...found(/this\.#on\.(\w+)/g)]),
+      'the options connect() reads',
+    );
+
+    // The same check as `npx tsc -p types` in tests/browser.
+    const unreadable = (diagnostic) => {
+      throw new Error(ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'));
+    };
+    const config = ts.getParsedCommandLineOfConfigFile(
+      fileURLToPath(new URL('types/tsconfig.json', import.meta.url)),
+      {},
+      { ...ts.sys, onUnRecoverableConfigFileDiagnostic: unreadable },
+    );
+    const host = ts.createCompilerHost(config.options);
+    const program = ts.createProgram(config.fileNames, config.options, host);
+    const problems = ts.getPreEmitDiagnostics(program).map((d) => ts.formatDiagnostic(d, host));
+    checkEqual(problems, [], 'types/usage.ts type-checks against tidings.d.ts');
+    checkNoPageErrors(page);
+  },
 };
+
+/**
+ * The names tidings.d.ts declares: the module's value exports, and the
+ * members of its interfaces and classes (statics and the typing overloads
+ * of inherited addEventListener/removeEventListener left out).
+ */
+function declaredApi(ts, text) {
+  const source = ts.createSourceFile('tidings.d.ts', text, ts.ScriptTarget.Latest, true);
+  const exported = (node) => node.modifiers?.some((m) => m.kind === ts.SyntaxKind.ExportKeyword);
+  const isStatic = (node) => node.modifiers?.some((m) => m.kind === ts.SyntaxKind.StaticKeyword);
+  const inherited = ['addEventListener', 'removeEventListener'];
+  const api = { exports: [] };
+  for (const statement of source.statements) {
+    if (ts.isExportAssignment(statement)) api.exports.push('default');
+    if ((ts.isFunctionDeclaration(statement) || ts.isClassDeclaration(statement)) && exported(statement)) {
+      api.exports.push(statement.name.text);
+    }
+    if (ts.isVariableStatement(statement) && exported(statement)) {
+      for (const declaration of statement.declarationList.declarations) api.exports.push(declaration.name.text);
+    }
+    if (ts.isInterfaceDeclaration(statement) || ts.isClassDeclaration(statement)) {
+      api[statement.name.text] = statement.members
+        .filter((member) => member.name && !isStatic(member) && !inherited.includes(member.name.text))
+        .map((member) => member.name.text);
+    }
+  }
+  for (const [key, names] of Object.entries(api)) api[key] = [...new Set(names)].sort();
+  return api;
+}
 
 /** How many colours a PNG uses (a blank or one-colour picture has one or two). */
 function distinctColours(buffer) {

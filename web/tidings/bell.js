@@ -1,0 +1,366 @@
+// tidings/bell.js - the <tidings-bell> element: a bell with the unread
+// count that opens the inbox, built on connect() like any host app would
+// use it. It owns the element's markup, keyboard handling, rendering and
+// events. It must never put payload text through innerHTML: only the fixed
+// TEMPLATE is parsed as markup, payload text is only ever set as text.
+//
+// `connect` comes from the entry module, which imports this one: a cycle
+// that is safe because connect is a function declaration (bound before any
+// module's code runs) and the bell calls it only from an element's
+// callbacks, never while this module is evaluated.
+
+import { connect } from '../tidings.js';
+import { TidingsError, claimsOf } from './feed.js';
+import { ago, describe } from './format.js';
+import { STYLE } from './styles.js';
+
+const TEMPLATE = `
+<button class="bell" part="button" type="button" aria-expanded="false" aria-controls="panel">
+  <svg viewBox="0 0 24 24" aria-hidden="true"><path d="M6 8a6 6 0 0 1 12 0c0 7 3 9 3 9H3s3-2 3-9"/><path d="M10.3 21a1.94 1.94 0 0 0 3.4 0"/></svg>
+  <span class="badge" part="badge" hidden></span>
+  <span class="dot" part="dot"></span>
+</button>
+<div class="panel" part="panel" id="panel" role="region" aria-labelledby="heading" hidden>
+  <div class="header" part="header">
+    <h2 class="heading" id="heading">Notifications</h2>
+    <span class="status" part="status"></span>
+  </div>
+  <div class="actions" part="actions">
+    <button class="action refresh" part="refresh" type="button">Refresh</button>
+    <button class="action mark-all" part="mark-all" type="button">Mark all read</button>
+  </div>
+  <ul class="list" part="list" aria-labelledby="heading"></ul>
+  <p class="empty" part="empty">No notifications yet</p>
+</div>
+<div class="announcer sr-only" part="announcer" aria-live="polite"></div>
+`;
+
+const STATUS_TEXT = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+};
+
+function element(tag, className, part, text) {
+  const node = document.createElement(tag);
+  node.className = className;
+  node.setAttribute('part', part);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+/**
+ * <tidings-bell token="..."> (or token-url="/my/token", or a `getToken`
+ * property): a bell with the unread count, opening the inbox.
+ */
+export class TidingsBell extends HTMLElement {
+  static observedAttributes = ['token', 'token-url', 'url', 'limit', 'auth'];
+
+  #feed = null;
+  #token = null;
+  #getToken = null;
+  #nodes = new Map();
+  #pendingReads = new Set();
+  #ticker = 0;
+  #connectQueued = false;
+  #ui;
+  #closeOutside = (event) => {
+    if (!this.#ui.panel.hidden && !event.composedPath().includes(this)) this.#setOpen(false);
+  };
+
+  constructor() {
+    super();
+    const root = this.attachShadow({ mode: 'open' });
+    const style = document.createElement('style');
+    style.textContent = STYLE;
+    const template = document.createElement('template');
+    template.innerHTML = TEMPLATE; // fixed markup; payload text never goes through innerHTML
+    root.append(style, template.content);
+    const $ = (selector) => root.querySelector(selector);
+    this.#ui = {
+      bell: $('.bell'),
+      badge: $('.badge'),
+      panel: $('.panel'),
+      status: $('.status'),
+      refresh: $('.refresh'),
+      markAll: $('.mark-all'),
+      list: $('.list'),
+      empty: $('.empty'),
+      announcer: $('.announcer'),
+    };
+    this.#wire();
+  }
+
+  /** The JWT to use; prefer `getToken` for tokens that expire. */
+  get token() {
+    return this.#token;
+  }
+  set token(value) {
+    const previous = this.#token;
+    this.#token = value || null;
+    // A renewed token for the same recipient keeps the feed; another
+    // recipient (say, after a new login) needs a feed of its own.
+    const sameRecipient = previous && value && claimsOf(previous).sub === claimsOf(value).sub;
+    if (this.#feed && sameRecipient) this.#feed.setToken(this.#token);
+    else this.#reconnect();
+  }
+
+  /** `async () => token`: called at start and whenever the token expires. */
+  get getToken() {
+    return this.#getToken;
+  }
+  set getToken(fn) {
+    this.#getToken = typeof fn === 'function' ? fn : null;
+    // The feed always asks the current one: a framework that passes a new
+    // function on every render must not cost a reconnect each time.
+    if (!this.#feed) this.#reconnect();
+  }
+
+  /** The feed behind the bell (`items`, `unreadCount`, `markRead`, ...). */
+  get feed() {
+    return this.#feed;
+  }
+
+  connectedCallback() {
+    // A framework may have set properties before this class was defined.
+    for (const name of ['token', 'getToken']) {
+      if (Object.hasOwn(this, name)) {
+        const value = this[name];
+        delete this[name];
+        this[name] = value;
+      }
+    }
+    if (this.hasAttribute('token') && !this.#token) this.#token = this.getAttribute('token');
+    if (!this.#feed) this.#reconnect();
+    this.#ticker = setInterval(() => this.#tick(), 30_000);
+    document.addEventListener('pointerdown', this.#closeOutside);
+  }
+
+  disconnectedCallback() {
+    clearInterval(this.#ticker);
+    document.removeEventListener('pointerdown', this.#closeOutside);
+    this.#feed?.close();
+    this.#feed = null;
+    this.#setOpen(false);
+  }
+
+  attributeChangedCallback(name, old, value) {
+    if (old === value) return;
+    if (name === 'token') this.token = value;
+    else this.#reconnect();
+  }
+
+  /** Opens or closes the list. */
+  toggle(open = this.#ui.panel.hidden) {
+    this.#setOpen(open);
+  }
+
+  /** (Re)connects once the current task's attribute and property changes are all in. */
+  #reconnect() {
+    if (this.#connectQueued) return;
+    this.#connectQueued = true;
+    queueMicrotask(() => {
+      this.#connectQueued = false;
+      this.#feed?.close();
+      this.#feed = null;
+      this.#connect();
+    });
+  }
+
+  #tokenSource() {
+    if (this.#getToken) return this.#getToken;
+    const tokenUrl = this.getAttribute('token-url');
+    if (!tokenUrl) return null;
+    return async () => {
+      const response = await fetch(tokenUrl, { credentials: 'include' });
+      if (!response.ok) throw new TidingsError(response.status, `token-url ${tokenUrl}`);
+      const text = (await response.text()).trim();
+      return text.startsWith('{') ? JSON.parse(text).token : text;
+    };
+  }
+
+  #connect() {
+    if (this.#feed || !this.isConnected) return;
+    const renewable = this.#tokenSource() !== null;
+    if (!this.#token && !renewable && this.getAttribute('auth') !== 'cookie') return;
+    const limit = Number(this.getAttribute('limit')) || undefined;
+    this.#nodes.clear();
+    this.#ui.list.replaceChildren();
+    this.#setStatus('connecting');
+    this.#feed = connect({
+      url: this.getAttribute('url') || undefined,
+      token: this.#token,
+      getToken: renewable ? () => this.#tokenSource()?.() ?? this.#token : undefined,
+      limit,
+      onChange: () => this.#render(),
+      onStatus: (status) => this.#setStatus(status),
+      onNotification: (item) => this.#announce(item),
+      onError: (error) => this.#error(error),
+    });
+  }
+
+  #error(error) {
+    this.dispatchEvent(new CustomEvent('tidings-error', { detail: error }));
+  }
+
+  #wire() {
+    const { bell, refresh, markAll, list } = this.#ui;
+    bell.addEventListener('click', () => this.toggle());
+    refresh.addEventListener('click', () => {
+      if (!this.#feed) return;
+      refresh.disabled = true;
+      this.#feed
+        .refresh()
+        .catch((error) => this.#error(error))
+        .finally(() => {
+          refresh.disabled = false;
+        });
+    });
+    markAll.addEventListener('click', () => this.#feed?.markAllRead().catch((error) => this.#error(error)));
+    list.addEventListener('click', (event) => {
+      const entry = event.target.closest('.item');
+      if (entry) this.#markRead(Number(entry.dataset.id));
+    });
+    this.addEventListener('keydown', (event) => this.#key(event));
+  }
+
+  #key(event) {
+    const { bell, list } = this.#ui;
+    if (event.key === 'Escape' && !this.#ui.panel.hidden) {
+      event.preventDefault();
+      this.#setOpen(false);
+      bell.focus();
+      return;
+    }
+    const entries = [...list.querySelectorAll('.item')];
+    if (!entries.length || !['ArrowDown', 'ArrowUp', 'Home', 'End'].includes(event.key)) return;
+    if (this.#ui.panel.hidden) return;
+    const at = entries.indexOf(this.shadowRoot.activeElement);
+    const next = {
+      ArrowDown: Math.min(at + 1, entries.length - 1),
+      ArrowUp: Math.max(at - 1, 0),
+      Home: 0,
+      End: entries.length - 1,
+    }[event.key];
+    event.preventDefault();
+    entries[next].focus();
+  }
+
+  #setOpen(open) {
+    this.#ui.panel.hidden = !open;
+    this.#ui.bell.setAttribute('aria-expanded', String(open));
+    this.toggleAttribute('open', open);
+    if (open) this.#tick();
+  }
+
+  #markRead(id) {
+    const item = this.#feed?.items.find((candidate) => candidate.id === id);
+    if (!item || item.read_at) return;
+    this.#pendingReads.add(id);
+    this.#render();
+    this.#feed.markRead(id).catch((error) => {
+      this.#pendingReads.delete(id);
+      this.#render();
+      this.#error(error);
+    });
+  }
+
+  #setStatus(status) {
+    this.setAttribute('status', status);
+    this.#ui.status.textContent = STATUS_TEXT[status] ?? status;
+    this.dispatchEvent(new CustomEvent('tidings-status', { detail: status }));
+    this.#label();
+  }
+
+  #announce(item) {
+    this.#ui.announcer.textContent = `New notification: ${describe(item).title}`;
+    this.dispatchEvent(new CustomEvent('tidings-notification', { detail: item }));
+  }
+
+  #label() {
+    const unread = this.#feed?.unreadCount ?? 0;
+    const status = this.getAttribute('status');
+    const state = status && status !== 'live' ? `, ${STATUS_TEXT[status] ?? status}` : '';
+    this.#ui.bell.setAttribute('aria-label', `Notifications, ${unread} unread${state}`);
+  }
+
+  #render() {
+    const feed = this.#feed;
+    if (!feed) return;
+    const { badge, list, empty, markAll } = this.#ui;
+    badge.textContent = feed.unreadCount > 99 ? '99+' : String(feed.unreadCount);
+    badge.hidden = feed.unreadCount === 0;
+    this.setAttribute('unread', String(feed.unreadCount));
+    markAll.disabled = feed.unreadCount === 0;
+    empty.hidden = feed.items.length > 0;
+    this.#label();
+    // Update in place and only insert new rows: a row never moves, so the
+    // one with keyboard focus keeps it.
+    const keep = new Set(feed.items.map((item) => item.id));
+    for (const [id, node] of this.#nodes) {
+      if (!keep.has(id)) {
+        node.remove();
+        this.#nodes.delete(id);
+      }
+    }
+    let cursor = list.firstElementChild;
+    for (const item of feed.items) {
+      if (item.read_at) this.#pendingReads.delete(item.id);
+      let node = this.#nodes.get(item.id);
+      if (node && node.created !== item.created_at) {
+        // The id now names another notification: a restored database
+        // hands out ids again.
+        if (node === cursor) cursor = cursor.nextElementSibling;
+        node.remove();
+        node = null;
+      }
+      if (!node) {
+        node = this.#row(item);
+        this.#nodes.set(item.id, node);
+      }
+      this.#update(node, item);
+      if (node === cursor) cursor = cursor.nextElementSibling;
+      else list.insertBefore(node, cursor);
+    }
+  }
+
+  #row(item) {
+    const { title, body, url } = describe(item);
+    const li = document.createElement('li');
+    const entry = element(url ? 'a' : 'button', 'item', 'item');
+    if (url) entry.href = url;
+    else entry.type = 'button';
+    entry.dataset.id = String(item.id);
+    entry.append(element('span', 'state sr-only', 'state'));
+    const time = element('time', 'time', 'time');
+    time.dateTime = item.created_at;
+    entry.append(element('span', 'title', 'title', title), time);
+    if (body) entry.append(element('span', 'body', 'body', body));
+    entry.append(element('span', 'kind', 'kind', item.kind));
+    li.append(entry);
+    li.created = item.created_at;
+    return li;
+  }
+
+  #update(li, item) {
+    const entry = li.firstElementChild;
+    const unread = !item.read_at;
+    const pending = unread && this.#pendingReads.has(item.id);
+    entry.classList.toggle('unread', unread);
+    entry.classList.toggle('pending', pending);
+    entry.setAttribute('part', unread ? 'item unread' : 'item');
+    const time = entry.querySelector('.time');
+    time.textContent = ago(item.created_at);
+    time.title = new Date(item.created_at).toLocaleString();
+    entry.querySelector('.state').textContent = unread ? 'Unread: ' : '';
+  }
+
+  #tick() {
+    if (this.#ui.panel.hidden) return;
+    for (const [id, node] of this.#nodes) {
+      const item = this.#feed?.items.find((candidate) => candidate.id === id);
+      if (item) this.#update(node, item);
+    }
+  }
+}

@@ -1,0 +1,100 @@
+// tidings/styles.js - the <tidings-bell>'s stylesheet, for its shadow root.
+// Everything a host page may theme goes through the documented
+// `--tidings-*` custom properties and `::part()` names; the `--_*`
+// properties are internal. It must never style anything outside the
+// shadow root (no selectors that could leak into the host page).
+
+export const STYLE = `
+:host {
+  --_accent: var(--tidings-accent, #2563eb);
+  --_bg: var(--tidings-bg, #ffffff);
+  --_fg: var(--tidings-fg, #1f2328);
+  --_muted: var(--tidings-muted, #656d76);
+  --_border: var(--tidings-border, #d0d7de);
+  --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 8%, var(--_bg)));
+  --_badge-bg: var(--tidings-badge-bg, #dc2626);
+  --_badge-fg: var(--tidings-badge-fg, #ffffff);
+  --_radius: var(--tidings-radius, 10px);
+  --_width: var(--tidings-width, 360px);
+  --_max-height: var(--tidings-max-height, 420px);
+  --_shadow: var(--tidings-shadow, 0 10px 30px rgb(0 0 0 / 0.15));
+  display: inline-block;
+  position: relative;
+  font: var(--tidings-font, 14px/1.4 system-ui, sans-serif);
+  color: var(--_fg);
+}
+@media (prefers-color-scheme: dark) {
+  :host {
+    --_bg: var(--tidings-bg, #1f2328);
+    --_fg: var(--tidings-fg, #e6edf3);
+    --_muted: var(--tidings-muted, #9198a1);
+    --_border: var(--tidings-border, #3d444d);
+    --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 16%, var(--_bg)));
+  }
+}
+button { font: inherit; color: inherit; }
+:focus-visible { outline: 2px solid var(--_accent); outline-offset: 2px; }
+.bell {
+  position: relative; display: grid; place-items: center;
+  width: 40px; height: 40px; padding: 0; border: 1px solid transparent;
+  border-radius: 50%; background: transparent; cursor: pointer;
+}
+.bell:hover, .bell[aria-expanded="true"] { background: color-mix(in srgb, var(--_fg) 8%, transparent); }
+.bell svg { width: 22px; height: 22px; fill: none; stroke: currentColor; stroke-width: 2; stroke-linecap: round; stroke-linejoin: round; }
+.badge {
+  position: absolute; top: 2px; right: 0; min-width: 18px; height: 18px; padding: 0 5px;
+  box-sizing: border-box; border-radius: 9px; background: var(--_badge-bg); color: var(--_badge-fg);
+  font-size: 11px; font-weight: 700; line-height: 18px; text-align: center;
+}
+.dot {
+  position: absolute; bottom: 5px; right: 5px; width: 8px; height: 8px; border-radius: 50%;
+  border: 2px solid var(--_bg); background: var(--_muted);
+}
+:host([status="live"]) .dot { background: #16a34a; }
+:host([status="reconnecting"]) .dot, :host([status="connecting"]) .dot { background: #d97706; }
+.panel {
+  position: absolute; z-index: 1000; top: calc(100% + 6px); right: 0;
+  width: var(--_width); max-width: calc(100vw - 16px); box-sizing: border-box;
+  background: var(--_bg); color: var(--_fg); border: 1px solid var(--_border);
+  border-radius: var(--_radius); box-shadow: var(--_shadow); overflow: hidden;
+}
+:host([align="start"]) .panel { right: auto; left: 0; }
+[hidden] { display: none !important; }
+.header {
+  display: flex; align-items: center; gap: 8px; padding: 10px 12px;
+  border-bottom: 1px solid var(--_border);
+}
+.heading { font-weight: 600; margin: 0; font-size: 1em; flex: 1; }
+.status { font-size: 12px; color: var(--_muted); white-space: nowrap; }
+.status::before { content: "\\25CF\\00a0"; }
+:host([status="live"]) .status::before { color: #16a34a; }
+:host([status="reconnecting"]) .status::before, :host([status="connecting"]) .status::before { color: #d97706; }
+.actions { display: flex; gap: 4px; padding: 6px 12px; border-bottom: 1px solid var(--_border); justify-content: flex-end; }
+.action {
+  border: 1px solid var(--_border); border-radius: 6px; background: transparent;
+  padding: 2px 8px; font-size: 12px; cursor: pointer;
+}
+.action:hover:not(:disabled) { border-color: var(--_accent); color: var(--_accent); }
+.action:disabled { opacity: 0.5; cursor: default; }
+.list { list-style: none; margin: 0; padding: 0; max-height: var(--_max-height); overflow-y: auto; }
+.list li + li { border-top: 1px solid var(--_border); }
+.item {
+  position: relative; display: grid; grid-template-columns: 10px 1fr auto; column-gap: 8px; row-gap: 2px;
+  width: 100%; box-sizing: border-box; padding: 10px 12px; border: 0; background: transparent;
+  text-align: left; text-decoration: none; color: inherit; cursor: pointer;
+}
+.item:hover { background: color-mix(in srgb, var(--_fg) 5%, transparent); }
+.item.unread { background: var(--_unread-bg); }
+.item.unread::before {
+  content: ""; grid-column: 1; grid-row: 1; width: 8px; height: 8px; margin-top: 6px; border-radius: 50%;
+  background: var(--_accent);
+}
+.item.pending { opacity: 0.6; }
+.title { grid-column: 2; grid-row: 1; font-weight: 600; overflow-wrap: anywhere; }
+.item:not(.unread) .title { font-weight: 500; }
+.time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
+.body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
+.kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
+.empty { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+.sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
+`;
