@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use tidings::config::{Cli, Role};
 use tidings::http::auth::MAX_RECIPIENT_CHARS;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp, SECRET};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::checks::assert_problem;
+use crate::helpers::SECRET;
 
 fn sign(claims: Value) -> String {
     encode(

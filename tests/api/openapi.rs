@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::helpers::{runnable, spawn_app, TestApp};
+use crate::helpers::app::{spawn_app, TestApp};
+use crate::helpers::checks::runnable;
 use tidings::config::Role;
 
 /// Every route SPEC.md names, as the document must list it.
@@ -43,7 +44,7 @@ async fn document(app: &TestApp) -> Value {
     response.json().await.expect("a JSON document")
 }
 
-/// Whether a Python module can be imported (see `helpers::runnable`).
+/// Whether a Python module can be imported (see `helpers::checks::runnable`).
 fn python_has(module: &str) -> bool {
     let what = format!("Python module {module}");
     runnable(&what, "python3", &["-c", &format!("import {module}")])
