@@ -1,6 +1,7 @@
 //! Which tokens are accepted, from where, and what their claims grant: the
-//! SPEC's "Auth" section, plus the limits on a `sub` and on the interval
-//! flags that would otherwise stall or crash a server.
+//! protocol's "Authentication" section (docs/protocol.md), plus the limits
+//! on a `sub` and on the interval flags that would otherwise stall or crash
+//! a server.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

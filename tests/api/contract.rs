@@ -1,7 +1,7 @@
-//! SPEC items no other module pins down: the SQL table's own refusals and
-//! defaults, the auditor role, the command line's defaults (whatever the
-//! environment), the inbox's default page and the stream's refusal to be
-//! compressed.
+//! Promises of the protocol (docs/protocol.md) no other module pins down:
+//! the SQL table's own refusals and defaults, the auditor role, the command
+//! line's defaults (whatever the environment), the inbox's default page and
+//! the stream's refusal to be compressed.
 
 use clap::{CommandFactory, FromArgMatches};
 use serde_json::{json, Value};

@@ -15,7 +15,8 @@ use crate::helpers::app::{spawn_app, TestApp};
 use crate::helpers::checks::runnable;
 use tidings::config::Role;
 
-/// Every route SPEC.md names, as the document must list it.
+/// Every route the protocol (docs/protocol.md) names, as the document must
+/// list it.
 const CONTRACT: &[&str] = &[
     "/",
     "/demo.js",
