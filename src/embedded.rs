@@ -5,7 +5,8 @@
 //! It owns the cluster's whole life: finding the binaries, `initdb` on first
 //! use, starting, and stopping - also when tidings dies without stopping it
 //! (a watchdog process does that). The cluster listens on no TCP port, only
-//! on a Unix socket inside the data directory. PostgreSQL refuses to run as
+//! on a Unix socket inside the data directory, unless the program embedding
+//! it asks for one ([`Options::settings`]). PostgreSQL refuses to run as
 //! root, so as root the cluster runs as the owner of its existing data, or
 //! (on first use) as an unprivileged user. This module must never touch a
 //! data directory another live tidings process holds, never change the
@@ -85,16 +86,40 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError 
     move |source| EmbeddedError::Io { what, source }
 }
 
-/// How the cluster is run.
+/// How the cluster is run. The default is what `tidings` itself runs: a
+/// durable cluster that stays, reachable only through its Unix socket.
+/// The rest is for programs that embed the cluster for another purpose than
+/// keeping tidings' data - tidings' test suite, its load tool and its
+/// delivery verifier - so that they run PostgreSQL through this module
+/// rather than find, start, own and watch it a second way.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Skip fsync: for throwaway test clusters only, never for real data.
-    pub fast_and_unsafe: bool,
-    /// Remove the whole data directory once the cluster has stopped.
+    /// Server settings for every start, as `postgres -c name=value` after
+    /// tidings' own (so they win over them and over postgresql.conf), and
+    /// never written to the data directory: what the embedding program's
+    /// purpose needs - durability off for data nobody keeps (`fsync=off`),
+    /// TCP besides the socket (`listen_addresses`, `port`), an extension
+    /// loaded at start (`shared_preload_libraries`). The socket is named
+    /// after `port`, and [`EmbeddedPostgres::url`] follows it.
+    pub settings: Vec<(String, String)>,
+    /// A scratch cluster: the whole data directory is removed once the
+    /// cluster has stopped - by [`EmbeddedPostgres::stop`], or by the
+    /// watchdog when this process ends without stopping it - for a program
+    /// that needs a PostgreSQL only while it runs and must leave nothing
+    /// behind however it ends. Never for data anyone keeps.
     pub remove_when_stopped: bool,
-    /// Also listen on 127.0.0.1 at this port: for fault tests that put a
-    /// proxy between tidings and PostgreSQL. Never set by `tidings serve`.
-    pub tcp_port: Option<u16>,
+}
+
+impl Options {
+    /// The value of server setting `name`, if [`Options::settings`] has it
+    /// (the last one wins, as on PostgreSQL's command line).
+    fn setting(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .rev()
+            .find(|(setting, _)| setting == name)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// How [`EmbeddedPostgres::restart`] stops the server.
@@ -189,13 +214,11 @@ impl EmbeddedPostgres {
         &self.url
     }
 
-    /// The URL over TCP, when [`Options::tcp_port`] is set.
-    pub fn tcp_url(&self) -> Option<String> {
-        let port = self.options.tcp_port?;
-        Some(format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"))
-    }
-
-    /// Stops the server as `how` says, then starts it again on the same data.
+    /// Stops the server as `how` says, then starts it again on the same
+    /// data, keeping the directory's lock, the URL and (for a scratch
+    /// cluster) the directory itself: for a setting that takes effect only
+    /// at start, and for a program that shows its clients the database
+    /// restarting ([`Shutdown::Fast`]) or crashing ([`Shutdown::Immediate`]).
     pub fn restart(&mut self, how: Shutdown) -> Result<(), EmbeddedError> {
         let mode = match how {
             Shutdown::Fast => "fast",
@@ -260,8 +283,12 @@ impl EmbeddedPostgres {
     }
 
     /// The port the server's socket (and TCP listener, if any) is named by.
+    /// One that does not parse is still passed on, for PostgreSQL to refuse.
     fn port(&self) -> u16 {
-        self.options.tcp_port.unwrap_or(PORT)
+        self.options
+            .setting("port")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or(PORT)
     }
 
     fn check_socket_path(&self) -> Result<(), EmbeddedError> {
@@ -327,12 +354,9 @@ impl EmbeddedPostgres {
             .map_err(io_error(format!("creating {}", log.display())))?;
         self.hand_over(&log)?;
         let mut server_options = format!("-c max_connections=200 -p {}", self.port());
-        if self.options.tcp_port.is_some() {
-            server_options.push_str(" -c listen_addresses=127.0.0.1");
-        }
-        if self.options.fast_and_unsafe {
-            server_options
-                .push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+        for (name, value) in &self.options.settings {
+            server_options.push_str(" -c ");
+            server_options.push_str(&shell_quoted(&format!("{name}={value}")));
         }
         let log_arg = log.to_string_lossy().into_owned();
         self.pg_ctl(
@@ -656,7 +680,7 @@ fn data_major(pgdata: &Path) -> Option<u32> {
 /// Of those, the first of the major version `data_major` wins: a server
 /// cannot open another major's data, and an upgrade installs the new major
 /// next to the old.
-pub fn find_bindir(data_major: Option<u32>) -> Option<PathBuf> {
+fn find_bindir(data_major: Option<u32>) -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
@@ -734,6 +758,12 @@ fn versioned_bindirs(root: &Path) -> Vec<PathBuf> {
         .collect();
     versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     versions.into_iter().map(|(_, dir)| dir).collect()
+}
+
+/// `text` as one word for `/bin/sh`: pg_ctl runs the server through a
+/// shell, with `-o` pasted into its command line.
+fn shell_quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 /// Percent-encodes a socket directory for the `host` query parameter.
@@ -826,6 +856,12 @@ mod tests {
         assert!(!hint.contains('\n'));
         assert!(hint.contains("apt-get install postgresql") && hint.contains("--database-url"));
         fs::remove_dir_all(root)
+    }
+
+    #[test]
+    fn settings_reach_the_shell_as_one_word_each() {
+        assert_eq!(shell_quoted("a=b c"), "'a=b c'");
+        assert_eq!(shell_quoted("it's"), r"'it'\''s'");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 
-use crate::helpers::{assert_problem, spawn_app, url_of, TestApp};
+use crate::helpers::app::{spawn_app, TestApp};
+use crate::helpers::checks::assert_problem;
+use crate::helpers::cluster::url_of;
 use tidings::config::Role;
 
 async fn history(app: &TestApp) {

@@ -8,9 +8,11 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::helpers::{
-    assert_problem, fresh_database, spawn_app, spawn_app_with, url_of, Binary, TestApp, SECRET,
-};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::binary::Binary;
+use crate::helpers::checks::assert_problem;
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::SECRET;
 use tidings::config::Role;
 
 fn auditor(app: &TestApp, path: &str) -> reqwest::RequestBuilder {

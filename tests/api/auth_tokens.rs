@@ -1,6 +1,7 @@
 //! Which tokens are accepted, from where, and what their claims grant: the
-//! SPEC's "Auth" section, plus the limits on a `sub` and on the interval
-//! flags that would otherwise stall or crash a server.
+//! protocol's "Authentication" section (docs/protocol.md), plus the limits
+//! on a `sub` and on the interval flags that would otherwise stall or crash
+//! a server.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,7 +11,9 @@ use serde_json::{json, Value};
 use tidings::config::{Cli, Role};
 use tidings::http::auth::MAX_RECIPIENT_CHARS;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp, SECRET};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::checks::assert_problem;
+use crate::helpers::SECRET;
 
 fn sign(claims: Value) -> String {
     encode(

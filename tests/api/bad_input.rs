@@ -6,7 +6,9 @@ use base64::Engine;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp, SECRET};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::checks::assert_problem;
+use crate::helpers::SECRET;
 
 async fn stream_with_last_event_id(app: &TestApp, value: &str) -> reqwest::Response {
     app.get("/v1/stream", "alice")

@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::examples::libpq_env;
-use crate::helpers::{fresh_database, header, runnable, spawn_app, spawn_app_with, url_of, SECRET};
+use crate::helpers::app::{spawn_app, spawn_app_with};
+use crate::helpers::checks::{header, runnable};
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::SECRET;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bounds a scenario even if its own timeout (120 s) never fires.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{empty_database, fresh_database, url_of, Binary, SseClient, SECRET};
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::{empty_database, fresh_database, url_of};
+use crate::helpers::sse::SseClient;
+use crate::helpers::SECRET;
 
 struct TempDir(PathBuf);
 
@@ -218,7 +221,9 @@ fn help_explains_every_flag() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
-    let database = crate::helpers::fresh_database().await.expect("database");
+    let database = crate::helpers::cluster::fresh_database()
+        .await
+        .expect("database");
     let server = Binary::serve(&[
         ("DATABASE_URL", &url_of(&database)),
         ("TIDINGS_LOG_FORMAT", "json"),

@@ -1,17 +1,17 @@
-//! SPEC items no other module pins down: the SQL table's own refusals and
-//! defaults, the auditor role, the command line's defaults (whatever the
-//! environment), the inbox's default page and the stream's refusal to be
-//! compressed.
+//! Promises of the protocol (docs/protocol.md) no other module pins down:
+//! the SQL table's own refusals and defaults, the auditor role, the command
+//! line's defaults (whatever the environment), the inbox's default page and
+//! the stream's refusal to be compressed.
 
 use clap::{CommandFactory, FromArgMatches};
 use serde_json::{json, Value};
 
 use tidings::config::{Cli, Role};
 
-use crate::helpers::spawn_app;
+use crate::helpers::app::spawn_app;
 
 /// The SQLSTATE of a failed statement, or "" if it succeeded.
-async fn sqlstate_of(app: &crate::helpers::TestApp, recipient: &str, kind: &str) -> String {
+async fn sqlstate_of(app: &crate::helpers::app::TestApp, recipient: &str, kind: &str) -> String {
     let result = sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ($1, $2)")
         .bind(recipient)
         .bind(kind)

@@ -9,7 +9,11 @@ use std::time::Duration;
 use axum::http::HeaderValue;
 
 use crate::cli::run_until_exit;
-use crate::helpers::{fresh_database, header, spawn_app_with, url_of, Binary, SECRET};
+use crate::helpers::app::spawn_app_with;
+use crate::helpers::binary::Binary;
+use crate::helpers::checks::header;
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::SECRET;
 
 const ALLOWED: &str = "https://app.example.com";
 

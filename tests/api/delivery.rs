@@ -7,7 +7,8 @@ use serde_json::json;
 
 use tidings::db;
 
-use crate::helpers::{seqs, spawn_app};
+use crate::helpers::app::spawn_app;
+use crate::helpers::sse::seqs;
 
 #[tokio::test]
 async fn a_row_inserted_with_sql_reaches_a_connected_stream() {
@@ -56,22 +57,27 @@ async fn the_stream_has_sse_headers_and_suggests_a_retry_delay() {
     assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
     assert_eq!(header("content-encoding"), None);
-    let mut stream = crate::helpers::SseClient::new(response);
+    let mut stream = crate::helpers::sse::SseClient::new(response);
     app.insert("alice", "k", json!({})).await;
     stream.next().await;
-    assert_eq!(stream.retry, Some(1000));
+    assert_eq!(stream.retry(), Some(1000));
 }
 
 #[tokio::test]
 async fn idle_streams_get_heartbeat_comments() {
     let app =
-        crate::helpers::spawn_app_with(|s| s.streams.heartbeat = Duration::from_millis(200)).await;
+        crate::helpers::app::spawn_app_with(|s| s.streams.heartbeat = Duration::from_millis(200))
+            .await;
     let mut stream = app.stream("alice", None).await;
 
     let quiet = stream.quiet_for(Duration::from_millis(900)).await;
 
     assert!(quiet, "no event expected");
-    assert!(stream.comments >= 2, "heartbeats seen: {}", stream.comments);
+    assert!(
+        stream.comments() >= 2,
+        "heartbeats seen: {}",
+        stream.comments()
+    );
 }
 
 #[tokio::test]

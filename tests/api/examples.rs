@@ -10,7 +10,9 @@ use std::process::Command;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::helpers::{fresh_database, runnable, spawn_app};
+use crate::helpers::app::spawn_app;
+use crate::helpers::checks::runnable;
+use crate::helpers::cluster::fresh_database;
 
 /// The libpq variables every example (and the browser tests) read their
 /// connection from.

@@ -8,9 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::postgres::PgListener;
 
-use crate::helpers::{
-    next_hint, spawn_app, spawn_app_with, wait_for_sessions_waiting_for_a_lock, TestApp,
-};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::cluster::{next_hint, wait_for_sessions_waiting_for_a_lock};
 
 /// A session listening on tidings' channel, as the service's own does.
 async fn listen(app: &TestApp) -> PgListener {
@@ -123,7 +122,7 @@ async fn a_stream_opened_while_an_append_holds_its_counter_row_gets_that_append(
     )
     .await;
     append.commit().await.expect("commit");
-    let mut alice = crate::helpers::SseClient::new(opening.await.expect("opened"));
+    let mut alice = crate::helpers::sse::SseClient::new(opening.await.expect("opened"));
 
     // ...so its position covers it, or its lease made it hint.
     let event = alice

@@ -11,9 +11,11 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{
-    assert_problem, fresh_database, header, spawn_app, spawn_app_with, url_of, Binary, SseClient,
-};
+use crate::helpers::app::{spawn_app, spawn_app_with};
+use crate::helpers::binary::Binary;
+use crate::helpers::checks::{assert_problem, header};
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::sse::SseClient;
 use tidings::config::Role;
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::spawn_app;
+use crate::helpers::app::spawn_app;
 
 #[tokio::test]
 async fn the_inbox_lists_newest_first_with_unread_count_and_position() {
@@ -174,5 +174,5 @@ async fn read_marks_replay_in_order_with_the_notifications() {
 
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(names, vec!["notification", "read", "notification"]);
-    assert_eq!(crate::helpers::seqs(&events), vec![1, 2, 3]);
+    assert_eq!(crate::helpers::sse::seqs(&events), vec![1, 2, 3]);
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::app::spawn_app;
+use crate::helpers::checks::assert_problem;
 
 #[tokio::test]
 async fn a_token_never_yields_another_recipients_rows() {
@@ -94,7 +95,7 @@ async fn tokens_are_accepted_from_header_query_and_cookie() {
 
 #[tokio::test]
 async fn a_recipient_over_the_stream_cap_gets_a_429_until_one_of_its_streams_closes() {
-    let app = crate::helpers::spawn_app_with(|s| s.streams.max_per_recipient = 2).await;
+    let app = crate::helpers::app::spawn_app_with(|s| s.streams.max_per_recipient = 2).await;
     let first = app.stream("alice", None).await;
     let _second = app.stream("alice", None).await;
     let _other_recipient = app.stream("bob", None).await;

@@ -8,7 +8,8 @@ use serde_json::json;
 use tidings::delivery::hub::{Hub, Live};
 use tidings::metrics::Metrics;
 
-use crate::helpers::{seqs, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::sse::seqs;
 
 async fn kill_listener(app: &TestApp) -> u64 {
     sqlx::query(

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::spawn_app;
+use crate::helpers::app::spawn_app;
 use tidings::config::Role;
 
 #[tokio::test]
@@ -352,7 +352,8 @@ async fn a_cache_set_by_hand_in_the_session_cannot_skip_a_seq_or_a_hint() {
     assert_eq!(seqs, [2, 3]);
     assert_eq!(disagreements(&mut session, &["alice"]).await, 0);
     for _ in 0..2 {
-        let hint = crate::helpers::next_hint(&mut hints, std::time::Duration::from_secs(5)).await;
+        let hint =
+            crate::helpers::cluster::next_hint(&mut hints, std::time::Duration::from_secs(5)).await;
         assert_eq!(hint.as_deref(), Some(r#"["alice"]"#), "a hint within 5 s");
     }
 }

@@ -1,6 +1,8 @@
 //! tidings' integration tests: one binary (one link), a module per
 //! capability. Every test talks to a real PostgreSQL and a real HTTP server;
-//! see `helpers` for how they are made.
+//! see `helpers` for how they are made. The tools' own tests (the load
+//! tool's smoke test, the fault tests that run the delivery verifier) are
+//! in their crates under tools/.
 
 mod helpers;
 
@@ -9,14 +11,12 @@ mod audit_log;
 
 mod auth_tokens;
 mod bad_input;
-mod bench_smoke;
 mod browser;
 mod cli;
 mod contract;
 mod cors;
 mod delivery;
 mod examples;
-mod faults;
 mod hints;
 mod http_errors;
 mod inbox;

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{header, spawn_app, TestApp};
+use crate::helpers::app::{spawn_app, TestApp};
+use crate::helpers::checks::header;
 
 async fn scrape(app: &TestApp) -> String {
     let response = app

@@ -11,11 +11,12 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::helpers::{runnable, spawn_app, TestApp};
+use crate::helpers::app::{spawn_app, TestApp};
+use crate::helpers::checks::runnable;
 use tidings::config::Role;
 
-/// Every route SPEC.md names, and the client's TypeScript declarations, as
-/// the document must list them.
+/// Every route the protocol (docs/protocol.md) names, and the client's
+/// TypeScript declarations, as the document must list them.
 const CONTRACT: &[&str] = &[
     "/",
     "/demo.js",
@@ -45,7 +46,7 @@ async fn document(app: &TestApp) -> Value {
     response.json().await.expect("a JSON document")
 }
 
-/// Whether a Python module can be imported (see `helpers::runnable`).
+/// Whether a Python module can be imported (see `helpers::checks::runnable`).
 fn python_has(module: &str) -> bool {
     let what = format!("Python module {module}");
     runnable(&what, "python3", &["-c", &format!("import {module}")])

@@ -10,10 +10,9 @@ use tidings::config::Role;
 use tidings::http::publish::payload::jsonb_text_len;
 use tidings::http::publish::MAX_PAYLOAD_TEXT;
 
-use crate::helpers::{
-    assert_problem, fresh_database, spawn_app, spawn_app_with,
-    wait_for_sessions_waiting_for_a_lock, TestApp,
-};
+use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
+use crate::helpers::checks::assert_problem;
+use crate::helpers::cluster::{fresh_database, wait_for_sessions_waiting_for_a_lock};
 
 /// `POST /v1/notifications` with `body` as a publisher.
 async fn publish(app: &TestApp, body: String) -> reqwest::Response {

@@ -11,7 +11,11 @@ use futures_util::future::join_all;
 use sqlx::PgPool;
 use tidings::config::Role;
 
-use crate::helpers::{fresh_database, seqs, spawn_app_with, url_of, Binary, SseClient, SECRET};
+use crate::helpers::app::spawn_app_with;
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::sse::{seqs, SseClient};
+use crate::helpers::SECRET;
 
 #[tokio::test]
 async fn a_reconnect_storm_of_2000_streams_all_catch_up_while_requests_still_get_connections() {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{seqs, spawn_app, SseClient};
+use crate::helpers::app::spawn_app;
+use crate::helpers::sse::{seqs, SseClient};
 
 #[tokio::test]
 async fn resume_with_last_event_id_header_replays_exactly_the_missed_rows() {
@@ -156,12 +157,13 @@ async fn replayed_frames_match_live_frames() {
     let replayed = replay.take(3).await;
 
     // Assert: byte for byte the same id, event name and data.
-    let frames = |events: &[crate::helpers::SseEvent]| -> Vec<(Option<String>, String, String)> {
-        events
-            .iter()
-            .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
-            .collect()
-    };
+    let frames =
+        |events: &[crate::helpers::sse::SseEvent]| -> Vec<(Option<String>, String, String)> {
+            events
+                .iter()
+                .map(|e| (e.id.clone(), e.event.clone(), e.data.clone()))
+                .collect()
+        };
     assert_eq!(frames(&replayed), frames(&seen_live));
     assert_eq!(seen_live[2].event, "read");
 }

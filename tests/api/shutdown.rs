@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use tidings::service::{self, Settings};
 
-use crate::helpers::{fresh_database, spawn_app, wait_for_sessions_waiting_for_a_lock, Binary};
+use crate::helpers::app::spawn_app;
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::{fresh_database, wait_for_sessions_waiting_for_a_lock};
 use crate::startup::TempDir;
 
 #[tokio::test]
@@ -108,6 +110,6 @@ async fn sigterm_after_the_embedded_postgres_already_stopped_exits_cleanly() {
 fn settings(database: sqlx::postgres::PgConnectOptions) -> Settings {
     Settings {
         pool_size: 4,
-        ..crate::helpers::test_settings(database)
+        ..crate::helpers::app::test_settings(database)
     }
 }

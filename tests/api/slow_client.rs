@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::helpers::{fresh_database, seqs, url_of, Binary, SseClient, SECRET};
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::sse::{seqs, SseClient};
+use crate::helpers::SECRET;
 
 #[tokio::test]
 async fn a_stalled_client_does_not_grow_server_memory_and_later_gets_every_event_once() {

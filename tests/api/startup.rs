@@ -11,7 +11,8 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{fresh_database, url_of, Binary};
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::{fresh_database, url_of};
 
 /// A scratch `--data-dir`, removed when dropped.
 pub struct TempDir(pub PathBuf);

@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use sqlx::{Connection, PgConnection, Row};
 
-use tidings::embedded::{EmbeddedPostgres, Options, Shutdown};
+use tidings::embedded::{EmbeddedPostgres, Shutdown};
 
-use crate::helpers::Binary;
+use crate::helpers::binary::Binary;
+use crate::helpers::cluster::throwaway;
 
 /// The name the server certificate is issued for, and the only one it is
 /// valid for (no IP address in it).
@@ -43,11 +44,8 @@ impl TlsCluster {
         fs::create_dir_all(&cluster.certs)?;
         make_ca(&cluster.certs, "ca")?;
         make_ca(&cluster.certs, "other-ca")?;
-        let options = Options {
-            fast_and_unsafe: true,
-            remove_when_stopped: true,
-            tcp_port: Some(cluster.port),
-        };
+        let port = cluster.port.to_string();
+        let options = throwaway(&[("listen_addresses", "127.0.0.1"), ("port", &port)]);
         let data_dir = std::env::temp_dir().join(format!("tidings-tls-{id}"));
         let postgres = cluster
             .postgres

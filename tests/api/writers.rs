@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{seqs, spawn_app, spawn_app_with};
+use crate::helpers::app::{spawn_app, spawn_app_with};
+use crate::helpers::sse::seqs;
 
 /// Runs `transaction` until it commits, retrying what the README tells
 /// writers at `isolation` to retry: deadlocks (40P01) from their own

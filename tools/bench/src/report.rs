@@ -1,6 +1,6 @@
-//! Results: the metrics a scenario measured, the issue-7 targets it checked,
-//! and how both are printed - a table for people, JSON (`--json`) for CI
-//! and for BENCHMARKS.md. Also the arithmetic shared by scenarios: stream
+//! Results: the metrics a scenario measured, the targets it checked, and
+//! how both are printed - a table for people, JSON (`--json`) for CI and
+//! for BENCHMARKS.md. Also the arithmetic shared by scenarios: stream
 //! books summed over a fleet, latency percentiles.
 
 use std::collections::BTreeMap;
@@ -50,7 +50,7 @@ impl Report {
         }
     }
 
-    /// An issue-7 target and whether this run met it.
+    /// A target (BENCHMARKS.md's goals) and whether this run met it.
     pub fn check(&mut self, target: &str, measured: impl Into<String>, met: bool) {
         self.checks.push(Check {
             target: target.into(),
@@ -88,7 +88,7 @@ impl Report {
             println!("  {name:<width$}  {}", plain(value));
         }
         if !self.checks.is_empty() {
-            println!("\n  issue-7 target | measured | met");
+            println!("\n  target | measured | met");
             for check in &self.checks {
                 let met = if check.met { "yes" } else { "NO" };
                 println!("  {} | {} | {met}", check.target, check.measured);

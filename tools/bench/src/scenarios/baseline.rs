@@ -5,7 +5,7 @@
 //!
 //! - `notify` has only a bare statement-level `pg_notify` trigger: the floor
 //!   LISTEN/NOTIFY itself sets, as notifying commits serialize on one lock
-//!   across their WAL flush (issue 7's reference for single-row commits);
+//!   across their WAL flush (the reference of the single-row commit target);
 //! - `seq_notify` has the least a gapless per-recipient sequence takes: a
 //!   row trigger that bumps the recipient's counter row and sends the hint
 //!   from that UPDATE, as tidings does - without tidings' hash chain,

@@ -259,16 +259,20 @@ fn sqlx_pool(admin: &PgPool) -> PgPool {
 }
 
 async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
+    // PostgreSQL also listens on TCP, so that tidings can reach it through
+    // the proxy (which turns connections into black holes).
     let pg_port = free_port().await?;
     let options = Options {
-        fast_and_unsafe: false,
+        settings: vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            ("port".into(), pg_port.to_string()),
+        ],
         remove_when_stopped: true,
-        tcp_port: Some(pg_port),
     };
     let dir = data_dir.to_owned();
     let cluster =
         tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir, &options)).await??;
-    let direct = cluster.tcp_url().context("tcp url")?;
+    let direct = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
     let admin = tidings::db::pool(tidings::db::options(&direct, "soak-admin")?, 4);
     tidings::db::migrate(&admin).await?;
 

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
+use tidings_sse::Event;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::sse::{self, EventStream, SseEvent};
+use crate::sse::{self, EventStream};
 
 /// Longest wait for a connection and its response head.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -345,13 +346,13 @@ impl StreamTask {
         }
     }
 
-    fn record(&self, event: &SseEvent, now_us: i64, outcome: &mut StreamOutcome) {
+    fn record(&self, event: &Event, now_us: i64, outcome: &mut StreamOutcome) {
         match event.event.as_str() {
             "notification" => {}
             "reset" => return outcome.tracker.resets += 1,
             _ => return,
         }
-        let Some(seq) = event.id.as_deref().and_then(|id| id.parse().ok()) else {
+        let Some(seq) = event.seq() else {
             return;
         };
         if !outcome.tracker.observe(seq) {

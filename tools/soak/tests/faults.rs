@@ -1,5 +1,5 @@
 //! Exactly-once, in-order delivery through every failure. Each fault is
-//! injected for real by the soak verifier (`src/bin/tidings-soak`): real
+//! injected for real by the soak verifier (`tidings-soak`): real
 //! tidings processes, a real PostgreSQL it restarts, a TCP proxy that can
 //! silence the LISTEN connection, and clients that cut their connections at
 //! random bytes and resume - then every client's sequence is compared with
@@ -17,6 +17,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// `each` times (however long that takes), and checks its error counts.
 async fn soak(faults: &str, duration: &str, each: usize) -> Value {
     let _turn = ONE_AT_A_TIME.lock().await;
+    let verifier = env!("CARGO_BIN_EXE_tidings-soak");
     let each = each.to_string();
     let args: Vec<String> = [
         "--duration",
@@ -28,14 +29,14 @@ async fn soak(faults: &str, duration: &str, each: usize) -> Value {
         "--each-fault-at-least",
         &each,
         "--json",
-        "--tidings",
-        env!("CARGO_BIN_EXE_tidings"),
     ]
     .map(str::to_owned)
     .to_vec();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_tidings-soak"))
+        Command::new(verifier)
             .args(args)
+            .arg("--tidings")
+            .arg(tidings_testkit::server_binary(verifier))
             .output()
     })
     .await

@@ -1,6 +1,6 @@
 //! The command line: one positional scenario, options shared by all, and
-//! the sizes each scenario takes (defaults are issue 7's; every size can be
-//! made tiny, which is how CI runs them).
+//! the sizes each scenario takes (defaults are the sizes the targets are
+//! stated for; every size can be made tiny, which is how CI runs them).
 
 use std::path::PathBuf;
 

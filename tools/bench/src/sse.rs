@@ -1,7 +1,6 @@
-//! The wire: a minimal HTTP/1.1 client for one `GET`, a chunked-transfer
-//! decoder, and a Server-Sent Events parser that follows the WHATWG rules
-//! (`id`/`event`/`data`/`retry` fields, comments, multi-line data, CR, LF and
-//! CRLF line ends, a leading BOM).
+//! The wire: a minimal HTTP/1.1 client for one `GET` and a chunked-transfer
+//! decoder, whose body goes through the Server-Sent Events parser the tools
+//! and tests share (tidings-sse, which follows the WHATWG rules).
 //!
 //! Hand-rolled rather than reqwest so that 18,000 streams cost one socket and
 //! one small buffer each in the load tool, and every byte is accounted for.
@@ -10,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{bail, Context, Result};
+use tidings_sse::{Event, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -25,15 +25,6 @@ pub async fn connect(server: SocketAddr, source: IpAddr) -> std::io::Result<TcpS
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(source, 0))?;
     socket.connect(server).await
-}
-
-/// One parsed Server-Sent Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The last event ID in force when this event was dispatched.
-    pub id: Option<String>,
-    pub event: String,
-    pub data: String,
 }
 
 /// How the response body is framed.
@@ -52,7 +43,7 @@ pub struct EventStream {
     untried: bool,
     chunks: ChunkDecoder,
     decoded: Vec<u8>,
-    pub parser: SseParser,
+    pub parser: Parser,
 }
 
 /// Sends `GET path` with `headers` and reads the response head. Returns the
@@ -81,7 +72,7 @@ pub async fn get_stream(
         untried: true,
         chunks: ChunkDecoder::default(),
         decoded: Vec::new(),
-        parser: SseParser::default(),
+        parser: Parser::default(),
     };
     Ok((status, Some(stream)))
 }
@@ -137,7 +128,7 @@ async fn read_head(tcp: &mut TcpStream) -> Result<(u16, Framing, Vec<u8>)> {
 impl EventStream {
     /// Waits for more bytes and appends every event they complete to `out`.
     /// Returns `false` once the server has ended the stream.
-    pub async fn read_events(&mut self, out: &mut Vec<SseEvent>) -> Result<bool> {
+    pub async fn read_events(&mut self, out: &mut Vec<Event>) -> Result<bool> {
         // Bytes left over from the last call are an incomplete frame: read
         // more first (but bytes that came with the head are untried yet).
         if !std::mem::take(&mut self.untried) {
@@ -218,140 +209,9 @@ impl ChunkDecoder {
     }
 }
 
-/// The event-stream parser of the HTML standard, fed bytes as they come.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    line: Vec<u8>,
-    /// The previous byte was a CR, so a following LF belongs to it.
-    after_cr: bool,
-    /// The first line is done (a BOM is only stripped from that one, and
-    /// may arrive split across reads).
-    started: bool,
-    event: String,
-    data: String,
-    last_id: Option<String>,
-    /// The latest `retry:` value, in milliseconds.
-    pub retry: Option<u64>,
-    /// Comment lines seen (heartbeats).
-    pub comments: u64,
-}
-
-impl SseParser {
-    /// Whole lines are handed on as slices of `bytes`; only a line split
-    /// across reads is copied (the tool's CPU is taken from the server's).
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
-        while let Some(&first) = bytes.first() {
-            if std::mem::take(&mut self.after_cr) && first == b'\n' {
-                bytes = &bytes[1..]; // the LF of a CRLF
-                continue;
-            }
-            let Some(end) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') else {
-                self.line.extend_from_slice(bytes);
-                return;
-            };
-            self.after_cr = bytes[end] == b'\r';
-            if self.line.is_empty() {
-                self.line_ended(&bytes[..end], out);
-            } else {
-                let mut line = std::mem::take(&mut self.line);
-                line.extend_from_slice(&bytes[..end]);
-                self.line_ended(&line, out);
-                line.clear();
-                self.line = line;
-            }
-            bytes = &bytes[end + 1..];
-        }
-    }
-
-    /// A BOM is stripped from the stream's first line only.
-    fn line_ended(&mut self, mut line: &[u8], out: &mut Vec<SseEvent>) {
-        if !std::mem::replace(&mut self.started, true) {
-            line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
-        }
-        self.line_done(line, out);
-    }
-
-    fn line_done(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            return self.dispatch(out);
-        }
-        if line[0] == b':' {
-            self.comments += 1;
-            return;
-        }
-        let line = String::from_utf8_lossy(line);
-        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => value.clone_into(&mut self.event),
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
-            }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
-            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                self.retry = value.parse().ok();
-            }
-            _ => {}
-        }
-    }
-
-    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
-        let event = std::mem::take(&mut self.event);
-        if self.data.is_empty() {
-            return;
-        }
-        let mut data = std::mem::take(&mut self.data);
-        data.pop(); // the LF after the last data line
-        out.push(SseEvent {
-            id: self.last_id.clone(),
-            event: if event.is_empty() {
-                "message".into()
-            } else {
-                event
-            },
-            data,
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse_in_pieces(input: &[u8], piece: usize) -> (Vec<SseEvent>, SseParser) {
-        let mut parser = SseParser::default();
-        let mut out = Vec::new();
-        for part in input.chunks(piece) {
-            parser.feed(part, &mut out);
-        }
-        (out, parser)
-    }
-
-    #[test]
-    fn fields_comments_and_multi_line_data_in_any_split() {
-        let input = b"\xEF\xBB\xBFretry: 2000\n: hi\n\nid: 7\nevent: notification\ndata: {\"a\":1}\n\nid: 8\r\ndata: one\r\ndata:two\r\rdata\n\n";
-        for piece in 1..input.len() {
-            let (events, parser) = parse_in_pieces(input, piece);
-            assert_eq!(parser.retry, Some(2000));
-            assert_eq!(parser.comments, 1);
-            assert_eq!(events.len(), 3, "piece {piece}");
-            assert_eq!(events[0].id.as_deref(), Some("7"));
-            assert_eq!(events[0].event, "notification");
-            assert_eq!(events[0].data, "{\"a\":1}");
-            assert_eq!(events[1].id.as_deref(), Some("8"));
-            assert_eq!(events[1].event, "message");
-            assert_eq!(events[1].data, "one\ntwo");
-            assert_eq!(events[2].data, "");
-            assert_eq!(events[2].id.as_deref(), Some("8"));
-        }
-    }
-
-    #[test]
-    fn an_event_without_data_is_not_dispatched() {
-        let (events, _) = parse_in_pieces(b"event: x\nid: 3\n\n", 4);
-        assert!(events.is_empty());
-    }
 
     #[test]
     fn chunked_bodies_decode_in_any_split() -> Result<()> {

@@ -5,12 +5,14 @@
 //! last *complete* event it saw, exactly as EventSource does.
 //!
 //! It speaks HTTP/1.0 on a raw socket so that a cut lands on an exact byte
-//! (the body is then the bare event stream, ended by the server's close).
+//! (the body is then the bare event stream, ended by the server's close),
+//! and reads the events with the parser the tools and tests share.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tidings_sse::{Event, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -112,6 +114,7 @@ impl Client {
         socket.write_all(request.as_bytes()).await.ok()?;
         log.connections += 1;
         let mut parser = Parser::default();
+        let mut events = Vec::new();
         let mut head: Option<Vec<u8>> = Some(Vec::new());
         let mut budget = cut_after;
         let mut buffer = vec![0u8; 8192];
@@ -155,11 +158,11 @@ impl Client {
                 }
                 let body = collected[end + 4..].to_vec();
                 head = None;
-                parser.feed(&body);
+                parser.feed(&body, &mut events);
             } else {
-                parser.feed(bytes);
+                parser.feed(bytes, &mut events);
             }
-            for event in parser.events.drain(..) {
+            for event in events.drain(..) {
                 if let Some(received) = interpret(event, log) {
                     last = received.seq;
                     log.events.push(received);
@@ -173,10 +176,10 @@ impl Client {
     }
 }
 
-fn interpret(event: SseEvent, log: &mut ClientLog) -> Option<Received> {
-    let seq = event.id.as_deref()?.parse::<i64>().ok()?;
+fn interpret(event: Event, log: &mut ClientLog) -> Option<Received> {
+    let seq = event.seq()?;
     let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-    let fingerprint = match event.name.as_str() {
+    let fingerprint = match event.event.as_str() {
         "notification" => data["payload"]["tag"].as_str().unwrap_or("?").to_owned(),
         "read" => format!("read:{}", data["ids"]),
         "reset" => {
@@ -198,70 +201,6 @@ fn status_of(head: &[u8]) -> u16 {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-#[derive(Debug, Default)]
-struct SseEvent {
-    id: Option<String>,
-    name: String,
-    data: String,
-}
-
-/// The event-stream parsing rules of the HTML standard, for what tidings
-/// sends: lines end in LF, CR or CRLF; a blank line dispatches; only a
-/// complete event counts, so bytes after the last blank line are pending.
-#[derive(Default)]
-struct Parser {
-    pending: Vec<u8>,
-    current: SseEvent,
-    has_data: bool,
-    events: Vec<SseEvent>,
-}
-
-impl Parser {
-    fn feed(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        while let Some(end) = self.pending.iter().position(|&b| b == b'\n' || b == b'\r') {
-            // A CR at the very end may be half of a CRLF: wait for more.
-            if self.pending[end] == b'\r' && end + 1 == self.pending.len() {
-                break;
-            }
-            let skip = if self.pending[end] == b'\r' && self.pending.get(end + 1) == Some(&b'\n') {
-                2
-            } else {
-                1
-            };
-            let line: Vec<u8> = self.pending.drain(..end + skip).take(end).collect();
-            self.line(&String::from_utf8_lossy(&line));
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if line.is_empty() {
-            let event = std::mem::take(&mut self.current);
-            if std::mem::take(&mut self.has_data) {
-                self.events.push(event);
-            }
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "id" => self.current.id = Some(value.to_owned()),
-            "event" => self.current.name = value.to_owned(),
-            "data" => {
-                if self.has_data {
-                    self.current.data.push('\n');
-                }
-                self.current.data.push_str(value);
-                self.has_data = true;
-            }
-            _ => {}
-        }
-    }
 }
 
 /// xorshift64: reproducible randomness without a dependency.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use tidings::embedded::{EmbeddedPostgres, Options, Shutdown};
+use tidings::embedded::{EmbeddedPostgres, Options};
 use tidings::http::auth::Keys;
 
 use crate::cli::Common;
@@ -116,38 +116,17 @@ impl Harness {
 }
 
 /// A throwaway cluster with default durability and `pg_stat_statements`
-/// loaded (which takes a restart), removed when stopped.
+/// loaded, removed when stopped.
 fn start_cluster() -> Result<EmbeddedPostgres> {
     let dir = std::env::temp_dir().join(format!("tidings-bench-{}", uuid::Uuid::new_v4().simple()));
     let options = Options {
-        fast_and_unsafe: false,
+        settings: vec![(
+            "shared_preload_libraries".into(),
+            "pg_stat_statements".into(),
+        )],
         remove_when_stopped: true,
-        tcp_port: None,
     };
-    let mut cluster = EmbeddedPostgres::start(&dir, &options).context("starting PostgreSQL")?;
-    let url = cluster.url().to_owned();
-    std::thread::spawn(move || preload_statements(&url))
-        .join()
-        .map_err(|_| anyhow::anyhow!("configuring PostgreSQL panicked"))??;
-    cluster.restart(Shutdown::Fast)?;
-    Ok(cluster)
-}
-
-fn preload_statements(url: &str) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_with(PgConnectOptions::from_str(url)?)
-            .await?;
-        sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-            .execute(&pool)
-            .await?;
-        pool.close().await;
-        anyhow::Ok(())
-    })
+    EmbeddedPostgres::start(&dir, &options).context("starting PostgreSQL")
 }
 
 async fn postmaster_pid(db: &PgPool) -> Option<u32> {

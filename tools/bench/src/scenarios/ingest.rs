@@ -349,9 +349,8 @@ async fn write(
 /// rounds do: whatever the rounds leave running (autovacuum, checkpoint
 /// writes) then slows one repeat of a table, which the median drops,
 /// rather than every repeat of the table measured first. Ratios to plain
-/// are paired like the single-row ones (since session 9): the median of
-/// each repeat's own ratio, as plain's time follows the disk's from one
-/// second to the next.
+/// are paired like the single-row ones: the median of each repeat's own
+/// ratio, as plain's time follows the disk's from one second to the next.
 async fn bulk(harness: &Harness, cli: &Cli, report: &mut Report) -> Result<()> {
     let rows = cli.sizes.bulk_rows;
     let mut times: PerTable<[Vec<f64>; 2]> = Default::default();

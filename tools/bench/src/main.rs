@@ -1,11 +1,13 @@
-//! tidings-bench: the load tool of issue 7. Starts a PostgreSQL and the real
-//! tidings server, drives one scenario against them over loopback, and
-//! prints what it measured beside the issue's targets.
+//! tidings-bench: the load tool. Starts a PostgreSQL and the real tidings
+//! server, drives one scenario against them over loopback, and prints what
+//! it measured beside tidings' performance targets (BENCHMARKS.md lists
+//! them, with the figures).
 //!
 //! - [`cli`]: scenarios and their sizes.
 //! - [`harness`]: PostgreSQL, migrations and the server child process.
 //! - [`server`]: the server process (start, restart, stop).
-//! - [`fleet`]: N streams and their books; [`sse`]: HTTP and SSE parsing.
+//! - [`fleet`]: N streams and their books; [`sse`]: HTTP, with the SSE
+//!   parser of tidings-sse.
 //! - [`publish`]: the INSERT writers.
 //! - [`dbstats`], [`procfs`]: database work, memory and CPU; [`waits`]: what
 //!   the writers wait for.

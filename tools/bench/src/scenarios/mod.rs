@@ -1,5 +1,5 @@
-//! The scenarios of issue 7, one module each, and what they share: naming
-//! fresh recipients, signing their tokens, configuring a fleet, sampling the
+//! The scenarios, one module each, and what they share: naming fresh
+//! recipients, signing their tokens, configuring a fleet, sampling the
 //! server's memory, and measuring CPU over a window.
 
 pub mod baseline;

@@ -1,7 +1,8 @@
 //! Smoke test of the load tool (`tidings-bench`): every scenario at a tiny
-//! size against the debug `tidings` binary. It checks the books - nothing
-//! lost, duplicated or out of order, every stream established - and never
-//! the timings, which depend on the machine.
+//! size against the `tidings` binary of the same profile (built for the
+//! test by tidings-testkit). It checks the books - nothing lost, duplicated
+//! or out of order, every stream established - and never the timings,
+//! which depend on the machine.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,10 +11,12 @@ use serde_json::Value;
 
 /// Runs one scenario with `--json` and returns its metrics.
 fn bench(scenario: &str, sizes: &[&str]) -> Value {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings-bench"))
+    let bench = env!("CARGO_BIN_EXE_tidings-bench");
+    let mut child = Command::new(bench)
         .arg(scenario)
         .arg("--json")
-        .args(["--server-bin", env!("CARGO_BIN_EXE_tidings")])
+        .arg("--server-bin")
+        .arg(tidings_testkit::server_binary(bench))
         .args(["--drain-seconds", "10"])
         .args(sizes)
         .stdout(Stdio::piped())
