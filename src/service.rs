@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::audit::Exports;
+use crate::audit::export::Exports;
 use crate::db;
 use crate::delivery::hub::Hub;
 use crate::delivery::lease::Leases;

@@ -8,7 +8,7 @@ use axum::extract::FromRef;
 use sqlx::PgPool;
 
 use super::auth::Keys;
-use crate::audit::Exports;
+use crate::audit::export::Exports;
 use crate::delivery::Delivery;
 
 /// What every handler can reach. Cheap to clone.

@@ -152,6 +152,25 @@ async fn the_stream_operation_describes_its_event_types() {
     assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
 }
 
+/// The example problem document is one tidings really sends: the answer to
+/// `Last-Event-ID: abc`, word for word.
+#[tokio::test]
+async fn the_example_problem_is_what_tidings_answers() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    let example = document["components"]["schemas"]["Problem"]["example"].clone();
+
+    let response = app
+        .get("/v1/stream", "alice")
+        .header("Last-Event-ID", "abc")
+        .send()
+        .await
+        .expect("GET /v1/stream");
+    let answered: Value = response.json().await.expect("a problem document");
+
+    assert_eq!(answered, example);
+}
+
 #[tokio::test]
 async fn openapi_document_is_valid_openapi_3_1() {
     if !python_has("openapi_spec_validator") {
