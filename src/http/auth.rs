@@ -6,8 +6,9 @@
 //! of another's stream and inbox. Other recipients are named only to
 //! endpoints gated by a role ([`Publisher`], [`Auditor`]): a publisher's body names
 //! whom it notifies, an auditor's `?recipient=` whose history it reads. This
-//! module must never accept a token it did not verify: the algorithm is
-//! pinned to HS256 and `exp` is required.
+//! module must never accept a token it did not verify, nor one outside its
+//! time: the algorithm is pinned to HS256, `exp` is required, and `nbf` and
+//! `iat`, when present, must not lie ahead (all with [`LEEWAY_SECS`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +30,11 @@ use crate::http::error::AppError;
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
+    /// When the token was issued, if it says: one issued ahead of our
+    /// clock by more than the leeway is refused. NumericDate allows a
+    /// fraction. Never written: tidings' own tokens do not need it.
+    #[serde(default, skip_serializing)]
+    pub iat: Option<f64>,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -73,6 +79,12 @@ pub fn recipient_problem(recipient: &str) -> Option<String> {
     }
 }
 
+/// How far `exp`, `nbf` and `iat` may be off, in seconds: the clocks of the
+/// issuer and of tidings never quite agree, and a token refused for a
+/// second's drift would fail at random. Small enough that an expired token
+/// stays usable only that long (docs/protocol.md says the same number).
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Signs and verifies tokens with the configured secret.
 #[derive(Clone)]
 pub struct Keys {
@@ -89,7 +101,10 @@ impl Keys {
         // token with an `aud` unless one is configured: many issuers add
         // one. So `aud` is not checked (docs/protocol.md says so too).
         validation.validate_aud = false;
-        validation.leeway = 5;
+        // A token not valid before some time must not open anything now
+        // (jsonwebtoken leaves `nbf` unchecked unless asked).
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
         Self {
             encoding: Arc::new(EncodingKey::from_secret(secret)),
             decoding: Arc::new(DecodingKey::from_secret(secret)),
@@ -107,6 +122,7 @@ impl Keys {
         let claims = Claims {
             sub: sub.to_owned(),
             exp: unix_now().saturating_add(ttl.as_secs()),
+            iat: None,
             roles: roles.to_vec(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -116,6 +132,13 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AppError::Unauthorized(format!("invalid token: {e}")))?;
+        // jsonwebtoken does not look at `iat`; a token from the future was
+        // made with a wrong clock or to be used later, and is neither.
+        if data.claims.iat.is_some_and(issued_ahead) {
+            return Err(AppError::Unauthorized(
+                "invalid token: issued in the future (iat)".into(),
+            ));
+        }
         // A `sub` the database cannot hold would fail every query later,
         // and a stream would retry its registration for good.
         if let Some(problem) = recipient_problem(&data.claims.sub) {
@@ -125,6 +148,11 @@ impl Keys {
         }
         Ok(data.claims)
     }
+}
+
+/// Whether `iat` lies ahead of now by more than the leeway.
+fn issued_ahead(iat: f64) -> bool {
+    iat > (unix_now() + LEEWAY_SECS) as f64
 }
 
 fn unix_now() -> u64 {

@@ -143,7 +143,7 @@ pub mod problems {
     );
     problem_response!(
         Unauthorized,
-        "No valid token: missing, malformed, badly signed or expired."
+        "No valid token: missing, malformed, badly signed, expired or not yet valid."
     );
     problem_response!(
         Forbidden,

@@ -33,4 +33,5 @@ mod shutdown;
 mod slow_client;
 mod startup;
 mod tls;
+mod token_times;
 mod writers;
