@@ -92,15 +92,20 @@ impl From<sqlx::Error> for AppError {
 
 /// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
 /// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
-/// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
-/// large to index (54000, say a recipient of many kilobytes) and rows the
+/// beyond `numeric`'s range (22003, a payload's `1e999999`), rows the
 /// schema refuses (23514, such as a payload that prints larger than
-/// invariant I10 allows).
+/// invariant I10 allows), and input too large or too complex for
+/// PostgreSQL to handle: class 54, "program limit exceeded" - values too
+/// large to index (54000, say a recipient of many kilobytes) and JSON
+/// nested deeper than the server's stack allows (54001, "stack depth
+/// limit exceeded"). tidings' own statements are fixed and small, so a
+/// program limit is reached only through the values a request carries.
 fn is_unstorable_input(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("22021" | "22P05" | "22P02" | "22003" | "54000" | "23514")
-    )
+    match code {
+        Some("22021" | "22P05" | "22P02" | "22003" | "23514") => true,
+        Some(code) => code.starts_with("54"),
+        None => false,
+    }
 }
 
 /// RFC 9457 `application/problem+json`: what every 4xx and 5xx carries.

@@ -28,6 +28,7 @@ mod openapi;
 mod payloads;
 mod pressure;
 mod properties;
+mod refused_input;
 mod resume;
 mod shutdown;
 mod slow_client;
