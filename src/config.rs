@@ -156,7 +156,9 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Browser origins (e.g. https://app.example.com) allowed to call the API
-    /// from another site, cookies included. Comma-separated; none by default.
+    /// from another site, cookies included; their pages may also mark read
+    /// and publish with the tidings_token cookie, which other sites' pages
+    /// may not (403). Comma-separated; none by default.
     /// Each is scheme://host[:port] as a browser sends it: lower case, no
     /// path, not even a trailing slash, no default port. `*` is refused:
     /// with cookies allowed, list the origins instead.

@@ -13,6 +13,7 @@ mod bench_smoke;
 mod browser;
 mod cli;
 mod contract;
+mod cookie_writes;
 mod cors;
 mod delivery;
 mod examples;
