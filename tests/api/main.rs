@@ -15,6 +15,7 @@ mod cli;
 mod contract;
 mod cookie_writes;
 mod cors;
+mod csv_injection;
 mod delivery;
 mod examples;
 mod faults;
