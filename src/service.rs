@@ -30,7 +30,7 @@ use crate::delivery::listener::{Health, Listener};
 use crate::delivery::slots::StreamSlots;
 use crate::delivery::{Delivery, StreamSettings};
 use crate::http::auth::{CookieOrigins, Keys};
-use crate::http::error::AppError;
+use crate::http::error::{AppError, Busy};
 use crate::http::{self, health, AppState};
 use crate::metrics::Metrics;
 
@@ -198,7 +198,10 @@ fn switching(app: watch::Receiver<Option<Router>>) -> Router {
 
 /// For requests still waiting when the start fails or shutdown cancels it.
 async fn not_started() -> AppError {
-    AppError::Busy("tidings did not start: its database is unreachable or it is stopping".into())
+    AppError::Busy(
+        Busy::NotStarted,
+        "tidings did not start: its database is unreachable or it is stopping".into(),
+    )
 }
 
 /// How long a database that cannot be reached is waited for (one still

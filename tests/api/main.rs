@@ -35,6 +35,7 @@ mod resume;
 mod shutdown;
 mod slow_client;
 mod startup;
+mod stream_limits;
 mod tls;
 mod token_times;
 mod writers;
