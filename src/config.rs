@@ -128,6 +128,22 @@ pub struct ServeArgs {
     #[arg(long, env = "TIDINGS_MAX_STREAMS_PER_RECIPIENT", default_value_t = 32)]
     pub max_streams_per_recipient: usize,
 
+    /// Most streams this instance serves at once; one more gets 503 with
+    /// Retry-After, before the process runs out of file descriptors (each
+    /// stream holds a connection, and with it a descriptor). 0 means no
+    /// limit. Default: derived from the open-file soft limit (ulimit -n)
+    /// at start. From that limit come the database pool (--db-pool-size),
+    /// the LISTEN connection and 64 for the process's own files (standard
+    /// streams, the listening socket, the runtime's, the embedded
+    /// cluster's pipe and log); of the rest, streams get fifteen
+    /// sixteenths, and a sixteenth stays for other requests and idle
+    /// keep-alive connections. A limit of 1024 and the default pool give
+    /// (1024 - 16 - 1 - 64) * 15/16 = 885 streams; 65536 give 61365.
+    /// Raise the open-file limit (LimitNOFILE= in systemd, ulimits in
+    /// compose) to serve more.
+    #[arg(long, env = "TIDINGS_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+
     /// Largest request head accepted (request line and headers, cookies
     /// included), in bytes; a larger one gets 431. It is also the size of
     /// every connection's read buffer, held as long as a stream is open:
@@ -156,7 +172,9 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 
     /// Browser origins (e.g. https://app.example.com) allowed to call the API
-    /// from another site, cookies included. Comma-separated; none by default.
+    /// from another site, cookies included; their pages may also mark read
+    /// and publish with the tidings_token cookie, which other sites' pages
+    /// may not (403). Comma-separated; none by default.
     /// Each is scheme://host[:port] as a browser sends it: lower case, no
     /// path, not even a trailing slash, no default port. `*` is refused:
     /// with cookies allowed, list the origins instead.

@@ -15,7 +15,7 @@ use tidings::config::{
     Cli, Command, DatabaseArgs, LogFormat, Role, ServeArgs, TokenArgs, VerifyArgs,
 };
 use tidings::db;
-use tidings::delivery::StreamSettings;
+use tidings::delivery::{slots, StreamSettings};
 use tidings::embedded::{EmbeddedPostgres, Options};
 use tidings::http::auth::Keys;
 use tidings::service::{self, Settings};
@@ -110,6 +110,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             heartbeat: args.heartbeat,
             retry: args.retry,
             max_per_recipient: args.max_streams_per_recipient,
+            max_streams: max_streams(&args),
         },
         listener_check: args.listener_check,
         sweep_interval: args.sweep_interval,
@@ -125,6 +126,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
     stop_after(cluster, served.map_err(anyhow::Error::from))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--max-streams`, or the default derived from the open-file limit
+/// (`slots::max_streams_for`, which says how), logged either way: it is
+/// the most streams this instance will serve.
+fn max_streams(args: &ServeArgs) -> usize {
+    if let Some(max) = args.max_streams {
+        tracing::info!(
+            max_streams = max,
+            "streams this instance serves at most (0: no limit)"
+        );
+        return max;
+    }
+    let Some(open_files) = slots::open_files_limit() else {
+        tracing::warn!("cannot read the open-file limit: streams are not limited (--max-streams)");
+        return 0;
+    };
+    let max = slots::max_streams_for(open_files, args.database.db_pool_size);
+    tracing::info!(
+        max_streams = max,
+        open_files,
+        "streams this instance serves at most, from the open-file limit (0: no limit)"
+    );
+    max
 }
 
 /// The configured secret, or a random one for this process plus a demo

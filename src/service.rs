@@ -29,8 +29,8 @@ use crate::delivery::lease::Leases;
 use crate::delivery::listener::{Health, Listener};
 use crate::delivery::slots::StreamSlots;
 use crate::delivery::{Delivery, StreamSettings};
-use crate::http::auth::Keys;
-use crate::http::error::AppError;
+use crate::http::auth::{CookieOrigins, Keys};
+use crate::http::error::{AppError, Busy};
 use crate::http::{self, health, AppState};
 use crate::metrics::Metrics;
 
@@ -56,7 +56,8 @@ pub struct Settings {
     /// Most streams reading history at once, so a reconnect storm cannot
     /// take every pool connection (see `stream`).
     pub catch_up_concurrency: usize,
-    /// Browser origins allowed to call the API from another site.
+    /// Browser origins allowed to call the API from another site, and to
+    /// write with the `tidings_token` cookie.
     pub cors_origins: Vec<HeaderValue>,
     /// Largest request head accepted; see `http`.
     pub max_request_head: usize,
@@ -143,6 +144,7 @@ fn state(settings: &Settings, pool: PgPool, shutdown: &CancellationToken) -> App
     AppState {
         delivery: delivery(settings, pool.clone(), shutdown),
         keys: Keys::new(&settings.jwt_secret),
+        cookie_origins: CookieOrigins::new(&settings.cors_origins),
         exports: Exports::new(exports, settings.export_stall_timeout),
         demo_mode: settings.demo_mode,
         pool,
@@ -196,7 +198,10 @@ fn switching(app: watch::Receiver<Option<Router>>) -> Router {
 
 /// For requests still waiting when the start fails or shutdown cancels it.
 async fn not_started() -> AppError {
-    AppError::Busy("tidings did not start: its database is unreachable or it is stopping".into())
+    AppError::Busy(
+        Busy::NotStarted,
+        "tidings did not start: its database is unreachable or it is stopping".into(),
+    )
 }
 
 /// How long a database that cannot be reached is waited for (one still

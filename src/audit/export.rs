@@ -37,7 +37,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::http::error::AppError;
+use crate::http::error::{AppError, Busy};
 
 /// The default `stall_timeout` (`--export-stall-timeout`; config must say
 /// the same, as a test checks): far longer than any client that reads
@@ -98,6 +98,7 @@ where
 {
     let Ok(permit) = exports.permits.clone().try_acquire_owned() else {
         return Err(AppError::Busy(
+            Busy::Exports,
             "as many audit exports as allowed are running; retry later".into(),
         ));
     };

@@ -9,6 +9,7 @@
 //! write, and never put a request's text into the SQL itself: only the
 //! fixed clauses are written out, and every value is a bound parameter.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 
 use axum::extract::State;
@@ -312,7 +313,7 @@ fn csv_export(filters: &Filters) -> Export<AuditEvent> {
 }
 
 /// One CSV record (RFC 4180 quoting by the csv crate): payload and ids as
-/// JSON text, times in RFC 3339.
+/// JSON text, times in RFC 3339, free text made inert ([`inert`]).
 fn csv_record(event: &AuditEvent) -> Vec<u8> {
     let ids = event
         .notification_ids
@@ -321,10 +322,10 @@ fn csv_record(event: &AuditEvent) -> Vec<u8> {
         .unwrap_or_default();
     let record = [
         event.event_type.as_str(),
-        &event.recipient,
+        &inert(&event.recipient),
         &event.seq.to_string(),
         &event.id.to_string(),
-        event.kind.as_deref().unwrap_or_default(),
+        &inert(event.kind.as_deref().unwrap_or_default()),
         event.payload.as_ref().map_or("", |p| p.0.get()),
         &ids,
         &event.created_at.to_rfc3339(),
@@ -339,4 +340,25 @@ fn csv_record(event: &AuditEvent) -> Vec<u8> {
         .from_writer(Vec::with_capacity(256));
     let _ = writer.write_record(record);
     writer.into_inner().unwrap_or_default()
+}
+
+/// A free-text cell - what a publisher chose: `recipient` and `kind` - as
+/// a spreadsheet will not run it: one that begins with `=`, `+`, `-` or
+/// `@`, or a tab or carriage return (OWASP, "CSV injection"), gets a
+/// leading `'`, which spreadsheets read as "text follows" and do not show.
+/// So does one that begins with `'` already, so that one leading `'` can
+/// always be dropped again to get the value back. Every other
+/// column is written by tidings and needs none: `type`, `seq`, `id`,
+/// `read_seq` (whole numbers, never negative), times (RFC 3339, starting
+/// with the year), `hash` (hex), `notification_ids` (a JSON array) - and
+/// `payload`, JSON as PostgreSQL prints it, which starts with `{`, `[`,
+/// `"`, a digit, `t`, `f` or `n`, or with `-` only for a bare number,
+/// which a spreadsheet reads as that number; a `'` would only stop the
+/// column from parsing as JSON.
+fn inert(text: &str) -> Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']) {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }

@@ -12,7 +12,8 @@
 //!   reads it.
 //! - [`stream`]: one stream's life: where it resumes, catching up from the
 //!   table, then following the hub.
-//! - [`slots`]: how many streams each recipient holds open here.
+//! - [`slots`]: how many streams this instance, and each recipient, holds
+//!   open here.
 //!
 //! It must never wait for a client: a slow reader slows only itself.
 
@@ -55,14 +56,16 @@ pub struct Delivery {
     /// Bounds how many streams read history at once, so a reconnect storm
     /// queues here instead of taking every pool connection.
     pub catch_up: Arc<Semaphore>,
-    /// Open streams per recipient, for [`StreamSettings::max_per_recipient`].
+    /// Open streams, in all and per recipient, for
+    /// [`StreamSettings::max_streams`] and
+    /// [`StreamSettings::max_per_recipient`].
     pub slots: StreamSlots,
     /// Cancelled on shutdown: streams end so the server can drain.
     pub shutdown: CancellationToken,
 }
 
 /// What every stream is told or held to (`--heartbeat`, `--retry`,
-/// `--max-streams-per-recipient`).
+/// `--max-streams-per-recipient`, `--max-streams`).
 #[derive(Clone, Copy)]
 pub struct StreamSettings {
     /// How often an idle stream gets a comment line, so that proxies and
@@ -73,4 +76,17 @@ pub struct StreamSettings {
     pub retry: Duration,
     /// Streams one recipient may hold open here; 0 = no limit.
     pub max_per_recipient: usize,
+    /// Streams this instance serves at once, so that they never take the
+    /// file descriptors everything else needs; 0 = no limit.
+    pub max_streams: usize,
+}
+
+impl StreamSettings {
+    /// The limits a new stream must fit in.
+    pub fn limits(&self) -> slots::Limits {
+        slots::Limits {
+            per_recipient: self.max_per_recipient,
+            instance: self.max_streams,
+        }
+    }
 }

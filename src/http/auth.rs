@@ -6,16 +6,24 @@
 //! of another's stream and inbox. Other recipients are named only to
 //! endpoints gated by a role ([`Publisher`], [`Auditor`]): a publisher's body names
 //! whom it notifies, an auditor's `?recipient=` whose history it reads. This
-//! module must never accept a token it did not verify: the algorithm is
-//! pinned to HS256 and `exp` is required.
+//! module must never accept a token it did not verify, nor one outside its
+//! time: the algorithm is pinned to HS256, `exp` is required, and `nbf` and
+//! `iat`, when present, must not lie ahead (all with [`LEEWAY_SECS`]).
+//!
+//! A browser attaches the `tidings_token` cookie to requests any site
+//! makes, so a write that only the cookie authenticates must come from a
+//! page of tidings' own origin or of one allowed by `--cors-origin`
+//! ([`CookieOrigins`]); a token in a header or the query string is one a
+//! foreign page cannot attach, and needs no such proof.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRef, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderMap, HeaderValue, Method, Uri};
 use axum_extra::extract::CookieJar;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::value::{Error as ValueError, StrDeserializer};
@@ -29,6 +37,11 @@ use crate::http::error::AppError;
 pub struct Claims {
     pub sub: String,
     pub exp: u64,
+    /// When the token was issued, if it says: one issued ahead of our
+    /// clock by more than the leeway is refused. NumericDate allows a
+    /// fraction. Never written: tidings' own tokens do not need it.
+    #[serde(default, skip_serializing)]
+    pub iat: Option<f64>,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -73,6 +86,12 @@ pub fn recipient_problem(recipient: &str) -> Option<String> {
     }
 }
 
+/// How far `exp`, `nbf` and `iat` may be off, in seconds: the clocks of the
+/// issuer and of tidings never quite agree, and a token refused for a
+/// second's drift would fail at random. Small enough that an expired token
+/// stays usable only that long (docs/protocol.md says the same number).
+pub const LEEWAY_SECS: u64 = 5;
+
 /// Signs and verifies tokens with the configured secret.
 #[derive(Clone)]
 pub struct Keys {
@@ -89,7 +108,10 @@ impl Keys {
         // token with an `aud` unless one is configured: many issuers add
         // one. So `aud` is not checked (docs/protocol.md says so too).
         validation.validate_aud = false;
-        validation.leeway = 5;
+        // A token not valid before some time must not open anything now
+        // (jsonwebtoken leaves `nbf` unchecked unless asked).
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
         Self {
             encoding: Arc::new(EncodingKey::from_secret(secret)),
             decoding: Arc::new(DecodingKey::from_secret(secret)),
@@ -107,6 +129,7 @@ impl Keys {
         let claims = Claims {
             sub: sub.to_owned(),
             exp: unix_now().saturating_add(ttl.as_secs()),
+            iat: None,
             roles: roles.to_vec(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -116,6 +139,13 @@ impl Keys {
     pub fn verify(&self, token: &str) -> Result<Claims, AppError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AppError::Unauthorized(format!("invalid token: {e}")))?;
+        // jsonwebtoken does not look at `iat`; a token from the future was
+        // made with a wrong clock or to be used later, and is neither.
+        if data.claims.iat.is_some_and(issued_ahead) {
+            return Err(AppError::Unauthorized(
+                "invalid token: issued in the future (iat)".into(),
+            ));
+        }
         // A `sub` the database cannot hold would fail every query later,
         // and a stream would retry its registration for good.
         if let Some(problem) = recipient_problem(&data.claims.sub) {
@@ -125,6 +155,11 @@ impl Keys {
         }
         Ok(data.claims)
     }
+}
+
+/// Whether `iat` lies ahead of now by more than the leeway.
+fn issued_ahead(iat: f64) -> bool {
+    iat > (unix_now() + LEEWAY_SECS) as f64
 }
 
 fn unix_now() -> u64 {
@@ -169,6 +204,7 @@ pub struct Auditor(pub Caller);
 impl<S> FromRequestParts<S> for Publisher
 where
     Keys: FromRef<S>,
+    CookieOrigins: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AppError;
@@ -182,6 +218,7 @@ where
 impl<S> FromRequestParts<S> for Auditor
 where
     Keys: FromRef<S>,
+    CookieOrigins: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AppError;
@@ -195,13 +232,17 @@ where
 impl<S> FromRequestParts<S> for Caller
 where
     Keys: FromRef<S>,
+    CookieOrigins: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = token_from(parts)
+        let (token, source) = token_from(parts)
             .ok_or_else(|| AppError::Unauthorized("a token is required".into()))?;
+        if source == Source::Cookie && !is_safe(&parts.method) {
+            CookieOrigins::from_ref(state).check(parts)?;
+        }
         let claims = Keys::from_ref(state).verify(&token)?;
         Ok(Caller {
             recipient: claims.sub,
@@ -210,13 +251,93 @@ where
     }
 }
 
-/// The token, from the first of: `Authorization: Bearer`, the `access_token`
-/// query parameter (EventSource cannot set headers), the `tidings_token`
-/// cookie.
-fn token_from(parts: &Parts) -> Option<String> {
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Header,
+    Query,
+    /// The only one a browser attaches by itself, whichever site asks.
+    Cookie,
+}
+
+/// The token and its source, from the first of: `Authorization: Bearer`,
+/// the `access_token` query parameter (EventSource cannot set headers),
+/// the `tidings_token` cookie.
+fn token_from(parts: &Parts) -> Option<(String, Source)> {
+    let from = |source| move |token| (token, source);
     bearer_token(&parts.headers)
-        .or_else(|| query_param(parts.uri.query().unwrap_or(""), "access_token"))
-        .or_else(|| cookie(parts, "tidings_token"))
+        .map(from(Source::Header))
+        .or_else(|| {
+            query_param(parts.uri.query().unwrap_or(""), "access_token").map(from(Source::Query))
+        })
+        .or_else(|| cookie(parts, "tidings_token").map(from(Source::Cookie)))
+}
+
+/// Methods that change nothing here, and that a cross-site page may
+/// therefore make with the cookie: CORS keeps it from reading the answer.
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The origins besides tidings' own whose pages may write with the
+/// `tidings_token` cookie: those `--cors-origin` allows. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct CookieOrigins(Arc<[HeaderValue]>);
+
+impl CookieOrigins {
+    pub fn new(allowed: &[HeaderValue]) -> Self {
+        Self(allowed.into())
+    }
+
+    /// Whether the page that made this cookie-authenticated write may make
+    /// it; a 403 otherwise. Browsers say where a request comes from:
+    /// `Sec-Fetch-Site` (all current ones; the browser's own verdict, so
+    /// trusted when present) and `Origin` (on every cross-origin request,
+    /// and on same-origin POSTs). A request with neither is not from a
+    /// browser, so no page made it, and it passes.
+    fn check(&self, parts: &Parts) -> Result<(), AppError> {
+        let site = parts.headers.get("sec-fetch-site");
+        let origin = parts.headers.get(ORIGIN);
+        let allowed = match (site.map(HeaderValue::as_bytes), origin) {
+            (None, None) => true,
+            (Some(b"same-origin" | b"none"), _) => true,
+            (Some(_), Some(origin)) => self.0.contains(origin),
+            (Some(_), None) => false,
+            (None, Some(origin)) => self.0.contains(origin) || is_own(origin, parts),
+        };
+        if allowed {
+            return Ok(());
+        }
+        Err(AppError::Forbidden(
+            "a write authenticated by the tidings_token cookie must come from a page of \
+             tidings' own origin or of one allowed by --cors-origin; send the token in an \
+             Authorization header otherwise"
+                .into(),
+        ))
+    }
+}
+
+/// Whether `origin` is the origin the request was sent to, as far as the
+/// request tells: the same host and port (the scheme is unknown behind a
+/// TLS-terminating proxy). For browsers that send `Origin` but not
+/// `Sec-Fetch-Site`.
+fn is_own(origin: &HeaderValue, parts: &Parts) -> bool {
+    let Some(origin) = origin.to_str().ok().and_then(|o| o.parse::<Uri>().ok()) else {
+        return false;
+    };
+    let target = parts.uri.authority().cloned().or_else(|| {
+        let host = parts.headers.get(HOST)?.to_str().ok()?;
+        host.parse::<Authority>().ok()
+    });
+    let (Some(target), Some(host)) = (target, origin.host()) else {
+        return false;
+    };
+    let default_port = match origin.scheme() {
+        Some(scheme) if *scheme == Scheme::HTTPS => 443,
+        _ => 80,
+    };
+    host.eq_ignore_ascii_case(target.host())
+        && origin.port_u16().unwrap_or(default_port) == target.port_u16().unwrap_or(default_port)
 }
 
 /// The credentials of an `Authorization` header whose scheme is Bearer

@@ -31,12 +31,25 @@ pub enum AppError {
     MethodNotAllowed(String),
     /// A deliberate, expected refusal (still starting, at a limit): a 503
     /// to retry later, with no cause worth logging.
-    #[error("{0}")]
-    Busy(String),
+    #[error("{1}")]
+    Busy(Busy, String),
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
     Database(#[source] sqlx::Error),
+}
+
+/// Why tidings refuses for now what it will do later: what decides how
+/// long a client should wait (`Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// The request came while tidings was starting, and the start failed
+    /// or was stopped.
+    NotStarted,
+    /// As many audit exports run as allowed.
+    Exports,
+    /// The instance serves as many streams as `--max-streams` allows.
+    Streams,
 }
 
 impl AppError {
@@ -49,7 +62,7 @@ impl AppError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Busy(_) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Busy(..) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,8 +77,35 @@ impl AppError {
             Self::Conflict(_) => "conflict",
             Self::TooManyRequests(_) => "too-many-streams",
             Self::MethodNotAllowed(_) => "method-not-allowed",
-            Self::Busy(_) | Self::Unavailable(_) => "unavailable",
+            Self::Busy(..) | Self::Unavailable(_) => "unavailable",
             Self::Database(_) => "internal",
+        }
+    }
+
+    /// `Retry-After`, in seconds, for every refusal that will pass (every
+    /// 429 and 503): long enough that asking again is likely to succeed,
+    /// short enough that a client is not kept waiting once it would.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            // Only the recipient's own streams ending frees a place: a
+            // person closing a tab, a dead connection noticed. Sooner
+            // would only get the same answer.
+            Self::TooManyRequests(_) => Some(30),
+            // A restarting instance serves again within seconds, and a
+            // balancer sends the retry to another one anyway.
+            Self::Busy(Busy::NotStarted, _) => Some(5),
+            // An export holds its place for as long as its client reads:
+            // seconds for most, minutes for the largest.
+            Self::Busy(Busy::Exports, _) => Some(30),
+            // A place frees whenever any stream ends, and another instance
+            // may have room now; 10 s spreads the refused clients' returns
+            // rather than bringing them back at once.
+            Self::Busy(Busy::Streams, _) => Some(10),
+            // The pool already waited 5 s for a connection; PostgreSQL
+            // restarts and failovers take seconds, and open streams retry
+            // on the same scale (up to 5 s apart).
+            Self::Unavailable(_) => Some(5),
+            _ => None,
         }
     }
 }
@@ -92,15 +132,20 @@ impl From<sqlx::Error> for AppError {
 
 /// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
 /// lone surrogates: 22021, 22P05, 22P02 for a bad JSON escape), a number
-/// beyond `numeric`'s range (22003, a payload's `1e999999`), values too
-/// large to index (54000, say a recipient of many kilobytes) and rows the
+/// beyond `numeric`'s range (22003, a payload's `1e999999`), rows the
 /// schema refuses (23514, such as a payload that prints larger than
-/// invariant I10 allows).
+/// invariant I10 allows), and input too large or too complex for
+/// PostgreSQL to handle: class 54, "program limit exceeded" - values too
+/// large to index (54000, say a recipient of many kilobytes) and JSON
+/// nested deeper than the server's stack allows (54001, "stack depth
+/// limit exceeded"). tidings' own statements are fixed and small, so a
+/// program limit is reached only through the values a request carries.
 fn is_unstorable_input(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some("22021" | "22P05" | "22P02" | "22003" | "54000" | "23514")
-    )
+    match code {
+        Some("22021" | "22P05" | "22P02" | "22003" | "23514") => true,
+        Some(code) => code.starts_with("54"),
+        None => false,
+    }
 }
 
 /// RFC 9457 `application/problem+json`: what every 4xx and 5xx carries.
@@ -143,7 +188,7 @@ pub mod problems {
     );
     problem_response!(
         Unauthorized,
-        "No valid token: missing, malformed, badly signed or expired."
+        "No valid token: missing, malformed, badly signed, expired or not yet valid."
     );
     problem_response!(
         Forbidden,
@@ -156,19 +201,21 @@ pub mod problems {
     );
     problem_response!(
         TooManyStreams,
-        "This recipient already has as many streams open here as allowed."
+        "This recipient already has as many streams open here as allowed; \
+         Retry-After says when to retry."
     );
     problem_response!(
         Unavailable,
-        "The database is unreachable, tidings could not start, or (audit exports) \
-         as many exports run as allowed; retry later."
+        "The database is unreachable, tidings could not start, or at a limit: \
+         (audit exports) as many exports run as allowed, (streams) this instance \
+         serves as many streams as allowed. Retry-After says when to retry."
     );
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() && !matches!(self, Self::Busy(_)) {
+        if status.is_server_error() && !matches!(self, Self::Busy(..)) {
             tracing::error!(error = %cause_chain(&self), "request failed");
         }
         let problem = Problem {
@@ -188,6 +235,11 @@ impl IntoResponse for AppError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(seconds) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
         }
         response
     }
@@ -250,5 +302,43 @@ where
 impl<T: Serialize> IntoResponse for AppJson<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AppError, Busy};
+    use axum::http::header::RETRY_AFTER;
+    use axum::response::IntoResponse;
+
+    #[test]
+    fn every_429_and_503_says_when_to_retry_and_nothing_else_does() {
+        let errors = [
+            AppError::BadRequest("x".into()),
+            AppError::Unauthorized("x".into()),
+            AppError::Forbidden("x".into()),
+            AppError::NotFound("x".into()),
+            AppError::Conflict("x".into()),
+            AppError::TooManyRequests("x".into()),
+            AppError::MethodNotAllowed("x".into()),
+            AppError::Busy(Busy::NotStarted, "x".into()),
+            AppError::Busy(Busy::Exports, "x".into()),
+            AppError::Busy(Busy::Streams, "x".into()),
+            AppError::Unavailable(sqlx::Error::PoolTimedOut),
+            AppError::Database(sqlx::Error::RowNotFound),
+        ];
+        for error in errors {
+            let name = format!("{error:?}");
+            let response = error.into_response();
+            let status = response.status().as_u16();
+            let seconds = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+            match status {
+                429 | 503 => assert!(seconds.is_some_and(|s| s >= 1), "{name}: {seconds:?}"),
+                _ => assert_eq!(seconds, None, "{name}"),
+            }
+        }
     }
 }

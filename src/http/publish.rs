@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::state::AppState;
 use crate::http::auth::Publisher;
 use crate::http::error::{problems, AppError, AppJson};
-use payload::jsonb_text_len;
+use payload::{jsonb_text_len, nests_deeper_than};
 
 /// Most notifications one request may carry.
 const MAX_BATCH: usize = 1000;
@@ -29,6 +29,16 @@ const MAX_BATCH: usize = 1000;
 /// what every fetch, page and frame carries): invariant I10 of the schema
 /// (`migrations/0001_schema.sql`), whose trigger must say the same number.
 pub const MAX_PAYLOAD_TEXT: usize = 131_072;
+/// Deepest nesting of arrays and objects a published payload may have.
+/// PostgreSQL has no such bound: its JSON parser recurses until the stack
+/// runs out ("stack depth limit exceeded", 54001, a 400 too), at about
+/// 13,000 levels of objects and 14,500 of arrays with the default
+/// `max_stack_depth` of 2 MB (PostgreSQL 15.18, measured at 272a25a on
+/// 2026-12-07) - a point that moves with the server's settings. A fixed
+/// bound below it answers the same on every server, with a message that
+/// says what is wrong, and keeps the size scan's frames (one per open
+/// level) to under a megabyte.
+pub const MAX_PAYLOAD_DEPTH: usize = 10_000;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(publish))
@@ -46,7 +56,8 @@ struct NewNotification {
     /// Any JSON; `{}` when absent. Like `recipient` and `kind`, it cannot
     /// hold U+0000, which PostgreSQL text cannot store (a 400). At most
     /// 131072 bytes (128 KiB) as PostgreSQL prints it, which writes
-    /// numbers in full (`1e6` as `1000000`), or a 400.
+    /// numbers in full (`1e6` as `1000000`), and at most 10000 levels of
+    /// arrays and objects deep, or a 400.
     #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<Box<RawValue>>,
     /// Retrying with the same key for the same recipient lands once.
@@ -176,6 +187,11 @@ fn payload_problem(payload: &RawValue) -> Option<String> {
     let json = payload.get();
     if json.contains("\\u0000") {
         return Some("PostgreSQL cannot store \\u0000 in a payload".into());
+    }
+    if nests_deeper_than(json, MAX_PAYLOAD_DEPTH) {
+        return Some(format!(
+            "its payload nests arrays and objects more than {MAX_PAYLOAD_DEPTH} levels deep"
+        ));
     }
     let printed = jsonb_text_len(json);
     (printed > MAX_PAYLOAD_TEXT).then(|| {

@@ -1,5 +1,6 @@
 //! The state every handler shares: the request pool, the delivery core,
-//! the keys that verify tokens, and the bounds on audit exports.
+//! the keys that verify tokens, the origins whose pages may write with the
+//! token cookie, and the bounds on audit exports.
 //!
 //! It must never hold per-request data: everything here lives as long as
 //! the server.
@@ -7,7 +8,7 @@
 use axum::extract::FromRef;
 use sqlx::PgPool;
 
-use super::auth::Keys;
+use super::auth::{CookieOrigins, Keys};
 use crate::audit::export::Exports;
 use crate::delivery::Delivery;
 
@@ -20,6 +21,9 @@ pub struct AppState {
     pub delivery: Delivery,
     /// Verifies client tokens.
     pub keys: Keys,
+    /// Which pages may write with the `tidings_token` cookie, besides
+    /// tidings' own: those of `--cors-origin`.
+    pub cookie_origins: CookieOrigins,
     /// Bounds the audit exports running at once, and how long each may wait
     /// for a client that stopped reading.
     pub exports: Exports,
@@ -31,5 +35,11 @@ pub struct AppState {
 impl FromRef<AppState> for Keys {
     fn from_ref(state: &AppState) -> Self {
         state.keys.clone()
+    }
+}
+
+impl FromRef<AppState> for CookieOrigins {
+    fn from_ref(state: &AppState) -> Self {
+        state.cookie_origins.clone()
     }
 }

@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{query_param, Caller};
-use super::error::{problems, AppError};
+use super::error::{problems, AppError, Busy};
 use super::state::AppState;
+use crate::delivery::slots::Full;
 use crate::delivery::stream::{self as delivery_stream};
 
 /// How long the request waits for the database before answering 200 anyway
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 400, response = problems::BadRequest),
         (status = 401, response = problems::Unauthorized),
         (status = 429, response = problems::TooManyStreams),
+        (status = 503, response = problems::Unavailable),
     )
 )]
 async fn stream(
@@ -70,11 +72,13 @@ async fn stream(
     ResumeAfter(resume_after): ResumeAfter,
 ) -> Result<Response, AppError> {
     let delivery = &state.delivery;
-    let max = delivery.streams.max_per_recipient;
     let slot = delivery
         .slots
-        .take(&caller.recipient, max)
-        .map_err(|full| AppError::TooManyRequests(full.to_string()))?;
+        .take(&caller.recipient, delivery.streams.limits())
+        .map_err(|full| match full {
+            Full::Recipient { .. } => AppError::TooManyRequests(full.to_string()),
+            Full::Instance { .. } => AppError::Busy(Busy::Streams, full.to_string()),
+        })?;
     let registered = delivery_stream::open(delivery, &caller.recipient, OPEN_TIMEOUT)
         .await
         .map_err(|refused| {

@@ -86,6 +86,11 @@ async fn browser_types_declare_exactly_what_the_client_has_and_type_check() {
 }
 
 #[tokio::test]
+async fn browser_pages_of_other_origins_cannot_mark_read_with_the_cookie() {
+    run_scenario("forgery").await;
+}
+
+#[tokio::test]
 async fn browser_client_is_a_module_with_an_etag_that_revalidates_to_304() {
     let app = spawn_app().await;
     let url = format!("{}/tidings.js", app.address);

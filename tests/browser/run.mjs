@@ -493,7 +493,73 @@ const scenarios = {
     checkEqual(problems, [], 'types/usage.ts type-checks against tidings.d.ts');
     checkNoPageErrors(page);
   },
+
+  /**
+   * 12. A page of another origin cannot use the tidings_token cookie to
+   * mark read - neither with a form nor with fetch - while a page of
+   * tidings' own origin and one of a listed origin can. The pages are on
+   * other ports of the same loopback address: the same site, so Chromium
+   * attaches a SameSite=Lax cookie, as it would for a sibling subdomain.
+   */
+  async forgery() {
+    const listed = await hostApp(() => '<!doctype html><title>listed</title>');
+    let forged = '';
+    const foreign = await hostApp(() => forged);
+    process.env.TIDINGS_CORS_ORIGINS = listed.origin;
+    const server = await Tidings.start();
+    delete process.env.TIDINGS_CORS_ORIGINS;
+    const readAll = `${server.url}/v1/notifications/read-all`;
+    const unread = async () => {
+      const headers = { Authorization: `Bearer ${token('vera')}` };
+      return (await (await fetch(`${server.url}/v1/notifications`, { headers })).json()).unread_count;
+    };
+    const db = await database();
+    await db.insert('vera', 'test.forgery', { title: 'one' });
+    await db.insert('vera', 'test.forgery', { title: 'two' });
+    const browser = await launchBrowser();
+    const context = await browser.newContext();
+    await context.addCookies([{ name: 'tidings_token', value: token('vera'), url: server.url, sameSite: 'Lax' }]);
+
+    // The forger: a form posted on load, and a fetch that needs no answer.
+    forged = `<!doctype html>
+<form id="f" method="POST" action="${readAll}" enctype="text/plain"></form>
+<script>
+  fetch('${readAll}', { method: 'POST', credentials: 'include', mode: 'no-cors' })
+    .finally(() => document.getElementById('f').submit());
+</script>`;
+    const attacked = await context.newPage();
+    const answers = [];
+    attacked.on('response', (response) => {
+      if (response.url() === readAll) answers.push(`${response.request().resourceType()} ${response.status()}`);
+    });
+    await attacked.goto(`${foreign.origin}/`);
+    await eventually('the forged fetch and form were answered', () => answers.length === 2);
+    checkEqual(answers.sort(), ['document 403', 'fetch 403'], 'the forged requests are refused');
+    checkEqual(await unread(), 2, 'nothing marked read by the foreign page');
+
+    // The listed origin's page, and tidings' own origin.
+    const host = await openPage(context, `${listed.origin}/`);
+    const status = (page, url) => page.evaluate((u) => fetch(u, { method: 'POST', credentials: 'include' }).then((r) => r.status), url);
+    checkEqual(await status(host, readAll), 204, 'the listed origin marks read with the cookie');
+    checkEqual(await unread(), 0, 'marked read by the listed origin');
+    await db.insert('vera', 'test.forgery', { title: 'three' });
+    const own = await openPage(context, `${server.url}/healthz`);
+    checkEqual(await status(own, '/v1/notifications/read-all'), 204, 'tidings\' own origin marks read with the cookie');
+    checkEqual(await unread(), 0, 'marked read by tidings\' own origin');
+    checkNoPageErrors(host, own);
+  },
 };
+
+/** A host app's page on another port of loopback, answering `page()` to every request. */
+async function hostApp(page) {
+  const app = http.createServer((request, response) => {
+    response.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    response.end(page());
+  });
+  await new Promise((resolve) => app.listen(0, '127.0.0.1', resolve));
+  atExit(() => new Promise((resolve) => app.close(resolve)));
+  return { origin: `http://127.0.0.1:${app.address().port}` };
+}
 
 /**
  * The names tidings.d.ts declares: the module's value exports, and the

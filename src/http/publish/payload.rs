@@ -1,5 +1,6 @@
 //! Payloads: how many bytes a JSON payload takes as PostgreSQL prints it
-//! (`payload::text`), computed from the JSON as sent. Invariant I10
+//! (`payload::text`), and how deep it nests, computed from the JSON as
+//! sent. Invariant I10
 //! (`migrations/0001_schema.sql`) bounds that size, and the database
 //! enforces it; this lets `publish` refuse an oversized payload before the
 //! database has to build its text (twice) only to refuse it - a 9 KB
@@ -7,13 +8,47 @@
 //! bound itself is `publish::MAX_PAYLOAD_TEXT`, which the schema's trigger
 //! names as the number to keep equal.
 //!
-//! It must agree with PostgreSQL byte for byte (a test in
+//! The size must agree with PostgreSQL byte for byte (a test in
 //! `tests/api/payloads.rs` compares them), or the HTTP path would refuse
-//! what SQL accepts, or the reverse. It must never build the printed text
-//! (that is the cost it exists to avoid), and never panic or overflow on
-//! any valid JSON: lengths saturate at `usize::MAX`.
+//! what SQL accepts, or the reverse. The depth cannot: PostgreSQL has no
+//! bound of its own, only its stack (see `publish::MAX_PAYLOAD_DEPTH`).
+//! It must never build the printed text (that is the cost it exists to
+//! avoid), and never panic or overflow on any valid JSON: lengths saturate
+//! at `usize::MAX`.
 
 use std::collections::HashMap;
+
+/// Whether `json` nests arrays and objects more than `max` levels deep
+/// (brackets inside strings are text). It stops at the first level too
+/// many and allocates nothing, so it can run before [`jsonb_text_len`],
+/// whose scan keeps an 80-byte frame for every open level: a 2 MB body of
+/// `[` would otherwise hold 160 MB while it is scanned.
+pub fn nests_deeper_than(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
 
 /// How many bytes PostgreSQL prints for `json` as `jsonb` (`payload::text`);
 /// `json` must be valid JSON, as a `RawValue` is. jsonb prints `", "` and

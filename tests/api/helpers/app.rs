@@ -86,6 +86,7 @@ pub fn test_settings(database: PgConnectOptions) -> Settings {
             heartbeat: Duration::from_secs(15),
             retry: Duration::from_secs(1),
             max_per_recipient: 0,
+            max_streams: 0,
         },
         listener_check: Duration::from_secs(1),
         sweep_interval: Duration::from_secs(30),
