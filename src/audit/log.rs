@@ -12,9 +12,9 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
 use axum::http::header::ACCEPT;
-use axum::http::HeaderMap;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -259,22 +259,44 @@ struct Page {
 pub(super) async fn events(
     State(state): State<AppState>,
     _: Auditor,
-    headers: HeaderMap,
+    format: Format,
     AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<Response, AppError> {
     let limit = query.limit.map_or(DEFAULT_LIMIT, |Limit(limit)| limit);
     let filters = Filters::new(query);
-    let accept = headers
-        .get(ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .unwrap_or_default();
-    if accept.contains("application/x-ndjson") {
-        return export::run(&state.exports, state.pool, ndjson_export(&filters)).await;
+    match format {
+        Format::Ndjson => export::run(&state.exports, state.pool, ndjson_export(&filters)).await,
+        Format::Csv => export::run(&state.exports, state.pool, csv_export(&filters)).await,
+        Format::Pages => Ok(Json(page(&state.pool, &filters, limit).await?).into_response()),
     }
-    if accept.contains("text/csv") {
-        return export::run(&state.exports, state.pool, csv_export(&filters)).await;
+}
+
+/// What the client asked for in `Accept`: NDJSON or CSV streams the whole
+/// result; anything else (JSON, `*/*`, nothing) is a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Format {
+    Pages,
+    Ndjson,
+    Csv,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Format {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let accept = parts
+            .headers
+            .get(ACCEPT)
+            .and_then(|accept| accept.to_str().ok())
+            .unwrap_or_default();
+        Ok(if accept.contains("application/x-ndjson") {
+            Self::Ndjson
+        } else if accept.contains("text/csv") {
+            Self::Csv
+        } else {
+            Self::Pages
+        })
     }
-    Ok(Json(page(&state.pool, &filters, limit).await?).into_response())
 }
 
 async fn page(pool: &PgPool, filters: &Filters, limit: i64) -> Result<Page, sqlx::Error> {
