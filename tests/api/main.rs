@@ -30,6 +30,7 @@ mod openapi;
 mod payloads;
 mod pressure;
 mod properties;
+mod readiness;
 mod refused_input;
 mod resume;
 mod shutdown;
