@@ -76,8 +76,8 @@ pub struct Settings {
 /// once serving, tidings runs until it is told to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("applying migrations failed: {0}")]
-    Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Migrate(#[from] db::MigrationError),
     #[error("the database at {at} stayed unreachable for a minute: {cause}")]
     Unreachable { at: String, cause: String },
     #[error("connecting to the database at {at} failed, and waiting will not help: {cause}")]
@@ -226,7 +226,11 @@ async fn migrate_when_reachable(
         };
         let error = match migrated {
             Ok(()) => return Ok(()),
-            Err(MigrateError::Execute(error)) if is_unreachable(&error) => error,
+            Err(db::MigrationError::Migrate(MigrateError::Execute(error)))
+                if is_unreachable(&error) =>
+            {
+                error
+            }
             Err(error) => return Err(error.into()),
         };
         let options = pool.connect_options();

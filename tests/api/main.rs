@@ -28,6 +28,7 @@ mod log;
 mod metrics;
 mod openapi;
 mod payloads;
+mod pgbouncer;
 mod pressure;
 mod properties;
 mod readiness;
