@@ -31,6 +31,7 @@ mod payloads;
 mod pgbouncer;
 mod pressure;
 mod properties;
+mod proxies;
 mod readiness;
 mod refused_input;
 mod resume;

@@ -8,8 +8,8 @@
 //! - [`binary`]: the `tidings` binary as a child process, its log and memory;
 //! - [`sse`]: streams, read with the reader the tools share (tidings-sse);
 //! - [`checks`]: small checks of responses, and of the runtimes tests drive;
-//! - [`components`]: real components around tidings (PgBouncer, ...),
-//!   started and ended by a test; [`pgbouncer`] configures PgBouncer.
+//! - [`components`]: real PgBouncer, nginx and Caddy processes, started and
+//!   ended by a test; [`pgbouncer`] and [`proxies`] configure them.
 
 pub mod app;
 pub mod binary;
@@ -17,6 +17,7 @@ pub mod checks;
 pub mod cluster;
 pub mod components;
 pub mod pgbouncer;
+pub mod proxies;
 pub mod sse;
 
 /// The JWT secret of every server the tests start.
