@@ -314,3 +314,31 @@ async fn readyz_never_says_ready_while_the_pooler_under_a_running_tidings_pools_
         .await
         .expect("ready again through the session pool");
 }
+
+#[tokio::test]
+async fn tidings_waits_at_start_while_pgbouncer_cannot_reach_postgresql() {
+    // PgBouncer accepts logins, but nothing listens where it points (a
+    // PostgreSQL restarting behind it).
+    let nowhere = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(crate::helpers::components::free_port())
+        .username("postgres");
+    let Some(pooler) = PgBouncer::start(&nowhere, "session", "") else {
+        return;
+    };
+    let mut server = serve_through(&pooler.url("tidings"));
+
+    let waiting = server
+        .lines_within(Duration::from_secs(10), |line| {
+            line.contains("not reachable yet")
+        })
+        .await;
+
+    assert!(
+        matches!(server.child.try_wait(), Ok(None)),
+        "tidings exited instead of waiting:\n{}",
+        server.lines().join("\n")
+    );
+    let line = waiting.first().expect("a line saying it waits");
+    assert!(line.contains(&pooler.port.to_string()), "{line}");
+}
