@@ -87,6 +87,8 @@ fn lazy(pool: PgPoolOptions, options: PgConnectOptions, settings: &'static str) 
         .connect_lazy_with(startup_a_pooler_passes(options))
 }
 
+/// Runs `settings` on a new connection; a named function, as a closure
+/// cannot say that the future borrows the connection for as long as it.
 fn set_up<'c>(
     session: &'c mut PgConnection,
     settings: &'static str,
