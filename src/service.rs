@@ -76,8 +76,8 @@ pub struct Settings {
 /// once serving, tidings runs until it is told to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("applying migrations failed: {0}")]
-    Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Migrate(#[from] db::MigrationError),
     #[error("the database at {at} stayed unreachable for a minute: {cause}")]
     Unreachable { at: String, cause: String },
     #[error("connecting to the database at {at} failed, and waiting will not help: {cause}")]
@@ -226,7 +226,11 @@ async fn migrate_when_reachable(
         };
         let error = match migrated {
             Ok(()) => return Ok(()),
-            Err(MigrateError::Execute(error)) if is_unreachable(&error) => error,
+            Err(db::MigrationError::Migrate(MigrateError::Execute(error)))
+                if is_unreachable(&error) =>
+            {
+                error
+            }
             Err(error) => return Err(error.into()),
         };
         let options = pool.connect_options();
@@ -251,7 +255,10 @@ async fn migrate_when_reachable(
 }
 
 /// Whether waiting may help: the socket or the server is not there yet,
-/// or it is starting, recovering (57P03) or full (53300). Not a
+/// or it is starting, recovering or shutting down (57P01-57P03), full
+/// (53300), or a pooler in front of it cannot reach it yet (class 08:
+/// PgBouncer accepts the login, then answers `server login has been
+/// failing, try again later` while PostgreSQL restarts). Not a
 /// certificate the server presents and `sslmode=verify-*` refuses: sqlx
 /// reports that as I/O too (kind `InvalidData`, from rustls), but it is a
 /// setting to fix, and a minute of retries would only hide it.
@@ -259,9 +266,9 @@ fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
         sqlx::Error::PoolTimedOut => true,
-        sqlx::Error::Database(error) => {
-            matches!(error.code().as_deref(), Some("57P03" | "53300"))
-        }
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
         _ => false,
     }
 }

@@ -111,20 +111,21 @@ impl Listener {
         let mut listener = timeout(DB_TIMEOUT, PgListener::connect_with(&pool)).await??;
         timeout(DB_TIMEOUT, listener.listen(CHANNEL)).await??;
 
-        self.health.set_listening(true);
-        self.metrics.listener_up.set(1);
         self.hub.hint_everyone();
         self.leases.forget_all();
         tracing::info!("listening for hints");
 
         let mut ticks = tokio::time::interval(self.check_every);
         ticks.tick().await; // the first tick is immediate
+                            // The first check goes out at once: the session counts as up only
+                            // once it has heard one (see `heard`).
         let mut check = Check::default();
+        check.start(&self.pool);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 received = listener.try_recv() => match received? {
-                    Some(hint) if check.is_echo(hint.payload()) => {}
+                    Some(hint) if check.is_echo(hint.payload()) => self.heard(),
                     Some(hint) => self.hub.hint(hint.payload()),
                     // sqlx would reconnect by itself; we want to know.
                     None => return Err(SessionEnded::Lost),
@@ -138,6 +139,16 @@ impl Listener {
                 }
             }
         }
+    }
+
+    /// A check came back: a NOTIFY sent through the request pool reached
+    /// this session, so hints flow. Only now is the session up for
+    /// `/readyz` and `listener_up`: LISTEN succeeding proves nothing - through
+    /// a pooler that shares server sessions per transaction it succeeds on
+    /// a session that never hears a thing.
+    fn heard(&self) {
+        self.health.set_listening(true);
+        self.metrics.listener_up.set(1);
     }
 }
 

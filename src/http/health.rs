@@ -1,5 +1,6 @@
 //! Health: `GET /healthz` (the process runs) and `GET /readyz` (it can
-//! deliver: the database answers and the LISTEN session is up).
+//! deliver: a query like every request's works through the request pool,
+//! and the LISTEN session hears what is sent through that pool).
 //!
 //! Must stay cheap and must never wait long: probes call it every few seconds.
 //! Both answer from the moment the port is bound, before the database is
@@ -61,17 +62,18 @@ async fn alive() -> Json<Alive> {
     Json(Alive { status: "ok" })
 }
 
-/// Readiness: 200 only while the database answers and the LISTEN session is
-/// up, i.e. while this instance can deliver.
+/// Readiness: 200 only while this instance can deliver: a query of the kind
+/// requests run works through the request pool, and the LISTEN session has
+/// heard its own check, a NOTIFY sent through that pool (see
+/// `delivery::listener`).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses(
         (status = 200, description = "Ready to deliver", body = Readiness),
         (status = 503, description = "The database or the LISTEN session is down", body = Readiness),
     ))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let query = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
     let database = matches!(
-        tokio::time::timeout(Duration::from_secs(2), query).await,
+        tokio::time::timeout(Duration::from_secs(2), requests_work(&state.pool)).await,
         Ok(Ok(_))
     );
     let listener = state.delivery.health.listening();
@@ -87,6 +89,19 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
         listener: up(listener),
     };
     (status, Json(body))
+}
+
+/// A query as requests run them: prepared, with a parameter, on tidings'
+/// own table (a stream's first query reads the same row). `SELECT 1` also
+/// answers when the role may not read the schema, or the schema is not
+/// there - when every request fails.
+async fn requests_work(pool: &sqlx::PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT FROM tidings.recipients WHERE recipient = $1) AS "exists!""#,
+        "",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 async fn starting() -> (StatusCode, Json<Readiness>) {

@@ -22,6 +22,8 @@ use crate::examples::libpq_env;
 use crate::helpers::app::{spawn_app, spawn_app_with};
 use crate::helpers::checks::{header, runnable};
 use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::components::free_port;
+use crate::helpers::proxies::{snippet, Proxy, NGINX_TOP};
 use crate::helpers::SECRET;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -88,6 +90,23 @@ async fn browser_types_declare_exactly_what_the_client_has_and_type_check() {
 #[tokio::test]
 async fn browser_pages_of_other_origins_cannot_mark_read_with_the_cookie() {
     run_scenario("forgery").await;
+}
+
+#[tokio::test]
+async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
+    if !browser_available() {
+        return;
+    }
+    // nginx first, in front of the port the scenario starts tidings on.
+    let port = free_port();
+    let Some(nginx) = Proxy::nginx(port, &snippet(NGINX_TOP)) else {
+        return;
+    };
+    let env = [
+        ("PROXY_URL", nginx.url.clone()),
+        ("TIDINGS_PORT", port.to_string()),
+    ];
+    run("proxy", false, &env).await;
 }
 
 #[tokio::test]
@@ -229,15 +248,16 @@ async fn browser_demo_page_offers_the_publish_form_only_in_demo_mode() {
 /// Runs `node tests/browser/run.mjs <name>` on a fresh database and fails
 /// with its output unless it exits 0.
 async fn run_scenario(name: &'static str) {
-    run(name, false).await;
+    run(name, false, &[]).await;
 }
 
 /// [`run_scenario`], with a second fresh database to "restore" to.
 async fn run_scenario_with_restore(name: &'static str) {
-    run(name, true).await;
+    run(name, true, &[]).await;
 }
 
-async fn run(name: &'static str, with_restore: bool) {
+/// Runs scenario `name`, with `env` added to its environment.
+async fn run(name: &'static str, with_restore: bool, env: &[(&'static str, String)]) {
     if !browser_available() {
         return;
     }
@@ -249,8 +269,9 @@ async fn run(name: &'static str, with_restore: bool) {
         None
     };
     let started = Instant::now();
+    let env = env.to_vec();
     let (status, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_node(name, &database, restored.as_ref()))
+        tokio::task::spawn_blocking(move || run_node(name, &database, restored.as_ref(), &env))
             .await
             .expect("join");
     let took = started.elapsed();
@@ -304,6 +325,7 @@ fn run_node(
     name: &str,
     database: &PgConnectOptions,
     restored: Option<&PgConnectOptions>,
+    env: &[(&'static str, String)],
 ) -> (Option<i32>, String, String) {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("node");
@@ -322,6 +344,7 @@ fn run_node(
         .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
         .env("TIDINGS_JWT_SECRET", SECRET)
         .env("BROWSER_ARTIFACTS", artifacts_dir())
+        .envs(env.iter().map(|(key, value)| (key, value)))
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

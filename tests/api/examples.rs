@@ -1,16 +1,16 @@
 //! The integration examples in `examples/` run for real: publishing from
 //! Python (psycopg), Node (pg) and PHP (PDO, Laravel-style) inside a
-//! transaction, and consuming a stream from Node. Each needs its runtime
-//! (and Node's publisher the `pg` package); `.ci/run` installs them, and
-//! where one is missing locally the test says so and does not run - under
-//! CI (`CI` set) it fails instead.
+//! transaction, and consuming a stream from Node and from Python (httpx
+//! and httpx-sse). Each needs its runtime (and its packages); `.ci/run`
+//! installs them, and where one is missing locally the test says so and
+//! does not run - under CI (`CI` set) it fails instead.
 
 use std::process::Command;
 
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::helpers::app::spawn_app;
+use crate::helpers::app::{spawn_app, spawn_app_with};
 use crate::helpers::checks::runnable;
 use crate::helpers::cluster::fresh_database;
 
@@ -140,4 +140,59 @@ async fn node_consumes_a_stream_and_resumes_from_last_event_id() {
     assert_eq!(events[0]["id"], "2");
     assert_eq!(events[1]["data"]["payload"], json!({"n": 3}));
     assert_eq!(events[1]["event"], "notification");
+}
+
+/// The Python consumer gets events between heartbeats and after the
+/// `retry:` advice - blocks that httpx-sse hands out as data-less events,
+/// which a consumer parsing every event as JSON would crash on.
+#[tokio::test]
+async fn python_consumes_a_stream_between_heartbeats_and_resumes_from_last_event_id() {
+    if !runnable(
+        "Python with httpx and httpx-sse",
+        "python3",
+        &["-c", "import httpx, httpx_sse"],
+    ) {
+        return;
+    }
+    let app = spawn_app_with(|settings| {
+        settings.streams.heartbeat = std::time::Duration::from_millis(100);
+    })
+    .await;
+    app.insert("erin", "k", json!({"n": 1})).await;
+
+    let consumer = tokio::task::spawn_blocking({
+        let (address, token) = (app.address.clone(), app.token("erin"));
+        move || {
+            Command::new("python3")
+                .args(["examples/python/consume.py", "3"])
+                .env("TIDINGS_URL", address)
+                .env("TIDINGS_TOKEN", token)
+                .env("LAST_EVENT_ID", "1")
+                .output()
+        }
+    });
+    for n in 2..=4 {
+        // Several heartbeats before each row.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        app.insert("erin", "k", json!({"n": n})).await;
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(30), consumer)
+        .await
+        .expect("the consumer stops after 3 events")
+        .expect("join")
+        .expect("run python3");
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let ids: Vec<&Value> = events.iter().map(|event| &event["id"]).collect();
+    assert_eq!(ids, [&json!("2"), &json!("3"), &json!("4")]);
+    assert_eq!(events[2]["event"], "notification");
+    assert_eq!(events[2]["data"]["payload"], json!({"n": 4}));
 }

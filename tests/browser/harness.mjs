@@ -165,8 +165,9 @@ export class Tidings {
     this.secret = secret;
   }
 
+  /** Starts one on `options.port`, or on a free port. */
   static async start(options) {
-    const server = new Tidings(await freePort(), options);
+    const server = new Tidings(options?.port ?? (await freePort()), options);
     Tidings.all.push(server);
     await server.start();
     atExit(() => server.stop());

@@ -548,6 +548,54 @@ const scenarios = {
     checkEqual(await unread(), 0, 'marked read by tidings\' own origin');
     checkNoPageErrors(host, own);
   },
+
+  /**
+   * 13. Behind nginx configured as docs/deployment.md shows (started by the
+   * test), a native EventSource - no tidings.js - keeps its stream through a
+   * restart of tidings: while tidings is down, nginx answers each reconnect
+   * with a short 200 stream saying `retry:`, where a 502 would close the
+   * EventSource for good.
+   */
+  async proxy() {
+    const proxyUrl = process.env.PROXY_URL;
+    check(proxyUrl && process.env.TIDINGS_PORT, 'PROXY_URL and TIDINGS_PORT are set by the test');
+    const server = await Tidings.start({ port: Number(process.env.TIDINGS_PORT) });
+    const db = await database();
+    const browser = await launchBrowser();
+    const page = await openPage(await browser.newContext(), `${proxyUrl}/healthz`);
+    await page.evaluate((url) => {
+      const source = new EventSource(url);
+      window.watched = { source, seen: [], opens: 0, closed: false };
+      source.addEventListener('open', () => { window.watched.opens += 1; });
+      source.addEventListener('error', () => {
+        if (source.readyState === EventSource.CLOSED) window.watched.closed = true;
+      });
+      source.addEventListener('notification', (e) => window.watched.seen.push(Number(e.lastEventId)));
+    }, `/v1/stream?access_token=${token('nora')}`);
+    const watched = () => page.evaluate(() => {
+      const { source, seen, opens, closed } = window.watched;
+      return { seen, opens, closed, state: source.readyState };
+    });
+    await eventually('the stream is open through nginx', async () => (await watched()).state === 1);
+    for (let n = 1; n <= 2; n++) await db.insert('nora', 'test.proxy', { title: `Before ${n}` });
+    await eventually('both rows before the restart', async () => (await watched()).seen.length === 2);
+
+    await server.stop();
+    for (let n = 1; n <= 3; n++) await db.insert('nora', 'test.proxy', { title: `While down ${n}` });
+    await sleep(5000); // the stream's end, then a few of nginx's retry answers
+    const down = await watched();
+    check(!down.closed && down.state !== 2, `the EventSource is still reconnecting (state ${down.state})`);
+    check(down.opens >= 3, `nginx answered its reconnects with 200 (${down.opens} opens in all)`);
+    await server.start();
+    await db.insert('nora', 'test.proxy', { title: 'After' });
+
+    await eventually('every row, after the restart', async () => (await watched()).seen.length >= 6, { timeout: 20_000 });
+    await sleep(1000); // room for a duplicate to show up, if one were coming
+    const final = await watched();
+    checkEqual(final.seen, [1, 2, 3, 4, 5, 6], 'each row exactly once, in order');
+    checkEqual(final.state, 1, 'the stream is open');
+    checkNoPageErrors(page);
+  },
 };
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */

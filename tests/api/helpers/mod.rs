@@ -7,12 +7,17 @@
 //! - [`app`]: tidings served in the test process ([`app::spawn_app`]);
 //! - [`binary`]: the `tidings` binary as a child process, its log and memory;
 //! - [`sse`]: streams, read with the reader the tools share (tidings-sse);
-//! - [`checks`]: small checks of responses, and of the runtimes tests drive.
+//! - [`checks`]: small checks of responses, and of the runtimes tests drive;
+//! - [`components`]: real PgBouncer, nginx and Caddy processes, started and
+//!   ended by a test; [`pgbouncer`] and [`proxies`] configure them.
 
 pub mod app;
 pub mod binary;
 pub mod checks;
 pub mod cluster;
+pub mod components;
+pub mod pgbouncer;
+pub mod proxies;
 pub mod sse;
 
 /// The JWT secret of every server the tests start.

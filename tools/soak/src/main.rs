@@ -17,8 +17,15 @@
 //! `tidings.set_hints(false)`, for a while). Client connections are cut at
 //! random points throughout. Each requested fault is injected at least
 //! `--each-fault-at-least` times, even if that takes past `--duration`.
+//!
+//! `--through-pgbouncer` puts PgBouncer (session mode, stock settings)
+//! between tidings and PostgreSQL; `--through-nginx` puts nginx, with the
+//! file docs/deployment.md shows, between the clients and the instances
+//! (then every client reconnects through it, and restarts meet its answer
+//! for a tidings that is down).
 
 mod client;
+mod components;
 mod fleet;
 mod proxy;
 mod writer;
@@ -82,6 +89,13 @@ struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Run tidings through PgBouncer in session mode (needs `pgbouncer`).
+    #[arg(long)]
+    through_pgbouncer: bool,
+    /// Have clients reach tidings through nginx, configured as
+    /// docs/deployment.md shows (needs `nginx`).
+    #[arg(long)]
+    through_nginx: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize)]
@@ -100,6 +114,8 @@ enum Fault {
 struct Report {
     seconds: f64,
     instances: usize,
+    /// What stood between: `pgbouncer`, `nginx`.
+    through: Vec<&'static str>,
     clients: usize,
     faults_injected: BTreeMap<String, u64>,
     transactions_committed: u64,
@@ -166,9 +182,12 @@ struct Rig {
     admin: PgPool,
     proxy: proxy::Proxy,
     fleet: Vec<tokio::sync::Mutex<Instance>>,
-    /// Where each instance listens (fixed for the whole run): clients'
-    /// rotation, read without locking instances that faults may hold.
+    /// Where clients connect, in turn: each instance (fixed for the whole
+    /// run, read without locking instances that faults may hold), or
+    /// nginx in front of them all.
     addresses: Vec<String>,
+    /// PgBouncer and nginx, when the run goes through them.
+    _components: Vec<components::Component>,
 }
 
 async fn soak(args: &Args, faults: &[Fault]) -> Result<Report> {
@@ -238,6 +257,13 @@ async fn soak(args: &Args, faults: &[Fault]) -> Result<Report> {
     let mut report = verify(&logs, &table);
     report.seconds = started.elapsed().as_secs_f64();
     report.instances = args.instances;
+    report.through = [
+        (args.through_pgbouncer, "pgbouncer"),
+        (args.through_nginx, "nginx"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
     report.faults_injected = injected.lock().map(|m| m.clone()).unwrap_or_default();
     report.transactions_committed = stats.committed.load(Ordering::Relaxed);
     report.transactions_rolled_back = stats.rolled_back.load(Ordering::Relaxed);
@@ -276,12 +302,19 @@ async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
     let admin = tidings::db::pool(tidings::db::options(&direct, "soak-admin")?, 4);
     tidings::db::migrate(&admin).await?;
 
+    let mut components = Vec::new();
+    // tidings -> the TCP proxy (half-open faults) -> [PgBouncer] -> PostgreSQL
+    let mut database_port = pg_port;
+    if args.through_pgbouncer {
+        database_port = free_port().await?;
+        components.push(components::pgbouncer(data_dir, database_port, pg_port, "postgres").await?);
+    }
     let proxy_listener = TcpListener::bind("127.0.0.1:0").await?;
     let proxy_port = proxy_listener.local_addr()?.port();
     let proxy = proxy::Proxy::default();
     proxy
         .clone()
-        .spawn(proxy_listener, format!("127.0.0.1:{pg_port}"));
+        .spawn(proxy_listener, format!("127.0.0.1:{database_port}"));
 
     let binary = match &args.tidings {
         Some(path) => path.clone(),
@@ -306,12 +339,18 @@ async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
         addresses.push(instance.address.clone());
         fleet.push(tokio::sync::Mutex::new(instance));
     }
+    if args.through_nginx {
+        let port = free_port().await?;
+        components.push(components::nginx(data_dir, port, &addresses).await?);
+        addresses = vec![format!("127.0.0.1:{port}")];
+    }
     Ok(Rig {
         cluster: Arc::new(Mutex::new(cluster)),
         admin,
         proxy,
         fleet,
         addresses,
+        _components: components,
     })
 }
 

@@ -3,7 +3,7 @@
 //! tidings processes, a real PostgreSQL it restarts, a TCP proxy that can
 //! silence the LISTEN connection, and clients that cut their connections at
 //! random bytes and resume - then every client's sequence is compared with
-//! the table.
+//! the table. One run goes through PgBouncer and nginx, as deployed.
 
 use std::process::Command;
 
@@ -16,6 +16,11 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// Runs the verifier for `duration`, injecting each of `faults` at least
 /// `each` times (however long that takes), and checks its error counts.
 async fn soak(faults: &str, duration: &str, each: usize) -> Value {
+    soak_through(faults, duration, each, &[]).await
+}
+
+/// [`soak`], with `through` added to the verifier's arguments.
+async fn soak_through(faults: &str, duration: &str, each: usize, through: &[&str]) -> Value {
     let _turn = ONE_AT_A_TIME.lock().await;
     let verifier = env!("CARGO_BIN_EXE_tidings-soak");
     let each = each.to_string();
@@ -31,7 +36,9 @@ async fn soak(faults: &str, duration: &str, each: usize) -> Value {
         "--json",
     ]
     .map(str::to_owned)
-    .to_vec();
+    .into_iter()
+    .chain(through.iter().map(|arg| arg.to_string()))
+    .collect();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(verifier)
             .args(args)
@@ -120,6 +127,37 @@ async fn lost_hints_are_still_delivered_by_the_sweep() {
 #[tokio::test]
 async fn a_minute_of_every_fault_in_turn_loses_nothing() {
     let report = soak("all", "60s", 1).await;
+    let kinds = report["faults_injected"]
+        .as_object()
+        .map(|f| f.len())
+        .unwrap_or(0);
+    assert_eq!(kinds, 7, "every kind of fault was injected: {report:#}");
+}
+
+/// Whether `program` is installed; under CI it must be (`.ci/run`
+/// installs it), elsewhere the test says so and does not run.
+fn installed(program: &str, package: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/bin"].map(std::path::PathBuf::from))
+        .any(|dir| dir.join(program).is_file());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run every test, but {program} is missing (apt-get install {package})"
+        );
+        eprintln!("NOT RUN: {program} is not installed here (apt-get install {package})");
+    }
+    found
+}
+
+#[tokio::test]
+async fn every_fault_through_pgbouncer_in_session_mode_and_nginx_loses_nothing() {
+    if !installed("pgbouncer", "pgbouncer") || !installed("nginx", "nginx") {
+        return;
+    }
+    let report = soak_through("all", "10s", 1, &["--through-pgbouncer", "--through-nginx"]).await;
+    assert_eq!(report["through"], serde_json::json!(["pgbouncer", "nginx"]));
     let kinds = report["faults_injected"]
         .as_object()
         .map(|f| f.len())
