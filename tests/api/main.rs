@@ -38,4 +38,5 @@ mod startup;
 mod stream_limits;
 mod tls;
 mod token_times;
+mod writer_role;
 mod writers;
