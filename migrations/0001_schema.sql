@@ -15,8 +15,8 @@
 --       `seq` of that recipient: 1, 2, 3 ... with no gaps and no repeats.
 --   I2  `seq` order is commit order per recipient: if seq n+1 is visible,
 --       seq n is visible too. (The counter row lock is held to commit.)
---   I3  A rolled-back insert leaves no trace: the counter, and the
---       transaction's cache of it, roll back with it.
+--   I3  A rolled-back insert leaves no trace: the counter rolls back with
+--       it.
 --   I4  History is append-only: UPDATE, DELETE and TRUNCATE of
 --       `notifications`, `reads` and `read_marks` are refused.
 --   I5  A notification carrying an idempotency key lands at most once per
@@ -50,13 +50,12 @@
 --       this fails with SQLSTATE 23514 (check_violation) and constraint name
 --       `notifications_payload_size` (raised by the trigger: `pg_constraint`
 --       has no such row).
---   C1  At every statement boundary, `recipients` holds each recipient's
---       latest seq (`last_seq`), the hash of that event (`last_hash`: the
---       head of its chain) and its totals (`notifications`, and `read`
---       notifications marked read). Within a statement, the row of the
---       recipient the transaction appended to last may lag behind; the
---       transaction's cache (below) holds its truth until the statement ends
---       or moves on to another recipient. No CHECK guards these columns:
+--   I11 Writers (role tidings_writer) can append events and nothing else:
+--       see "Who may do what" below.
+--   C1  After every append, `recipients` holds its recipient's latest seq
+--       (`last_seq`), the hash of that event (`last_hash`: the head of its
+--       chain) and its totals (`notifications`, and `read` notifications
+--       marked read): every append writes them. No CHECK guards these columns:
 --       the triggers only add to them, from 0, what I1 and I6 let in, and
 --       `tidings verify` requires every recipient with events to have a
 --       counter row that continues its chain exactly (same last seq and
@@ -65,13 +64,11 @@
 -- The triggers, in the order they fire
 --   INSERT INTO tidings.notifications
 --     assign_seq          BEFORE, each row: assign_notification_seq()
---                         I10, I5, I1-I3, I8, I7, and the cache (C1)
---     write_counter       AFTER, each statement: write_counter()  C1
+--                         I10, I5, I1-I3, I8, I7, C1
 --   INSERT INTO tidings.reads
 --     assign_seq          BEFORE, each row: assign_read_seq()
---                         I6, I1-I3, I8, I7
+--                         I6, I1-I3, I8, I7, C1
 --     project_read_marks  AFTER, each row: project_read_marks()   I6
---     write_counter       AFTER, each statement: write_counter()  C1
 --   UPDATE, DELETE or TRUNCATE of notifications, reads, read_marks
 --     append_only, append_only_truncate
 --                         BEFORE: refuse_change()                 I4
@@ -87,6 +84,16 @@
 --   counter row changed after the transaction's snapshot was taken - by
 --   another append, or by a tidings instance taking or renewing the
 --   recipient's hint lease. READ COMMITTED writers never get 40001.
+--
+-- Who may do what (I11)
+--   tidings_writer (NOLOGIN; an app gets it with GRANT tidings_writer TO
+--   app) may INSERT the columns an app gives - notifications (recipient,
+--   kind, payload, idempotency_key), reads (recipient, notification_ids) -
+--   and read back `id`, `seq` and `created_at` (INSERT ... RETURNING id,
+--   seq); nothing else. The triggers, SECURITY DEFINER, write the counters
+--   for it. So no session of a writer can give a row its seq, id, hash or
+--   time (`OVERRIDING SYSTEM VALUE` included), change a counter, or leave a
+--   gap: seq and hash come only from the counter row, under its lock.
 
 CREATE SCHEMA tidings;
 
@@ -238,46 +245,6 @@ LANGUAGE sql STABLE AS $$
     SELECT tidings.read_text(r.recipient, r.seq, r.id, r.notification_ids, r.created_at);
 $$;
 
--- The bulk cache, in four transaction-local settings:
---   tidings.cached_recipient  the recipient this transaction appended to last
---   tidings.cached_seq        its latest seq      } meaningful only while
---   tidings.cached_hash       its latest hash     } `unwritten` is positive
---   tidings.unwritten         notifications appended to it since its counter
---                             row was last written: NULL (never set in this
---                             session), '' (set in an earlier transaction),
---                             '0', or a count without leading zeros
--- Consecutive rows for one recipient - a bulk INSERT ... SELECT sorted by
--- recipient - then read and write its counter row once or twice in all,
--- not once per row. A row for the cached recipient is a "hit"; any other
--- row is a "miss". The settings roll back with a (sub)transaction exactly
--- as the counter row and the events do, so the cache cannot outlive what
--- it says (I3). A session that SETs all four by hand, at session level,
--- `unwritten` included, can make its rows skip the lock, the numbering and
--- the hint (I1-I3, I7); `tidings verify` reports the damage to the chain.
-
--- Writes the cached recipient's counter row (C1), for when the cache is
--- ahead of it (`tidings.unwritten` > 0).
-CREATE FUNCTION tidings.write_cache() RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE tidings.recipients
-       SET last_seq = current_setting('tidings.cached_seq')::bigint,
-           last_hash = decode(current_setting('tidings.cached_hash'), 'hex'),
-           notifications = notifications + current_setting('tidings.unwritten')::bigint
-     WHERE recipient = current_setting('tidings.cached_recipient');
-    PERFORM set_config('tidings.unwritten', '0', true);
-END;
-$$;
-
--- Whether the cache is ahead of the counter row. write_counter and the
--- first test in assign_notification_seq state the same condition as
--- `current_setting('tidings.unwritten', true) > '0' COLLATE "C"`, and must
--- stay equal to this.
-CREATE FUNCTION tidings.cache_is_ahead() RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(current_setting('tidings.unwritten', true), '') NOT IN ('', '0');
-$$;
-
 -- Locks `who`'s counter row, creating it on the recipient's first event
 -- (seq 0, empty hash).
 CREATE FUNCTION tidings.lock_counter(who text) RETURNS void
@@ -333,42 +300,44 @@ LANGUAGE sql VOLATILE AS $$
     SELECT CASE WHEN hints_until > now() THEN tidings.send_hint(recipient) ELSE '' END;
 $$;
 
--- I10, I5, I1-I3, I8, I7 for notifications, and the cache that keeps C1.
--- Any seq, created_at or hash given is replaced.
+-- I10, I5, I1-I3, I8, I7 for notifications: every append updates its
+-- recipient's counter row, which hands out the next seq and chains the
+-- hash. Any seq, created_at or hash given is replaced.
 --
 -- 1. I10: the payload's printed size, before anything is locked or hashed.
--- 2. The common case - no idempotency key, a recipient other than the
---    cached one, nothing unwritten: every single-row INSERT - takes one
---    test and goes straight to step 6.
--- 3. Otherwise: a miss while the cache is ahead first writes the cached
---    recipient's counter row (C1). A key is checked (I5) with the
---    recipient's lock held (lock_counter on a miss), so a concurrent
+-- 2. A key is checked (I5) with the recipient's lock held, so a concurrent
 --    insert of the same key has either committed (and is seen: each
 --    statement here takes a fresh snapshot) or rolled back; a repeat is
 --    skipped, like ON CONFLICT DO NOTHING, and uses no seq.
--- 4. The first hit of a run (nothing unwritten yet): the counter row is
---    exact, as the miss's UPDATE or write_cache wrote it; it is read, with
---    its lock and a hint, into the cache. The lock and the hint cost
---    little - this transaction's miss took the one and sent the other -
---    and keep I1-I3 and I7 should the cached recipient come from anywhere
---    else, such as a session-level SET. With no counter row to lock, the
---    row takes the miss path (step 6).
--- 5. A hit: the next seq and hash from the cache, no statement run; the
---    counter row is written later, by write_cache (C1).
--- 6. A miss: one UPDATE of the recipient's counter row takes its lock,
---    hands out the next seq, chains the hash, counts the notification,
---    sets `created_at`, caches the recipient and hints if the row holds a
---    lease; the row is then up to date. The lock serializes writers of one
---    recipient (I1-I3): a second writer waits until the first commits -
---    READ COMMITTED then re-reads the row, so it continues from the
---    first's seq and hash, and sees a lease taken meanwhile - or rolls
---    back. On the recipient's first event there is no row: lock_counter
---    makes it, and the UPDATE runs again.
+-- 3. One UPDATE of the recipient's counter row takes its lock, hands out
+--    the next seq, chains the hash, counts the notification, sets
+--    `created_at` and hints if the row holds a lease; the row is then up to
+--    date (C1). The lock serializes writers of one recipient (I1-I3): a
+--    second writer waits until the first commits - READ COMMITTED then
+--    re-reads the row, so it continues from the first's seq and hash, and
+--    sees a lease taken meanwhile - or rolls back. On the recipient's first
+--    event there is no row: lock_counter makes it, and the UPDATE runs
+--    again.
+-- 4. The UPDATE finds the row by where this transaction left it (the
+--    transaction-local setting `tidings.counter`: '<tuple id> <recipient>'
+--    of the counter row it updated last), not by its index
+--    entry, when the row before was the same recipient's: each UPDATE of
+--    a row in one transaction leaves a version the index entry leads
+--    through, so a long run of one recipient's rows - a bulk INSERT ...
+--    SELECT - would walk them all, every time (quadratic). The setting is
+--    only a shortcut: the UPDATE also requires the recipient, and a tuple
+--    id that leads anywhere else matches nothing, so whatever a session
+--    sets there, the row takes the ordinary path (docs/schema.md).
+--
+-- SECURITY DEFINER, with the search path pinned: the writer (tidings_writer)
+-- may insert rows but not touch counters, and these functions write the
+-- counters for it; the pinned path keeps a writer's own schemas, functions
+-- and operators out of them.
 CREATE FUNCTION tidings.assign_notification_seq() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    hit boolean;
-    cached text;
+    left_at text := current_setting('tidings.counter', true);
+    noted text;
 BEGIN
     -- I10, before anything is locked or hashed. Keep 131072 equal to
     -- the HTTP publisher's MAX_PAYLOAD_TEXT.
@@ -381,72 +350,44 @@ BEGIN
                   HINT = 'jsonb prints numbers in full: 1e6 prints as 1000000.';
     END IF;
 
-    -- The common case skips straight to the UPDATE below: one test.
-    IF NEW.idempotency_key IS NOT NULL
-       OR current_setting('tidings.cached_recipient', true) = NEW.recipient
-       OR current_setting('tidings.unwritten', true) > '0' COLLATE "C"
-    THEN
-        NEW.created_at := now();
-        hit := current_setting('tidings.cached_recipient', true) = NEW.recipient;
-        IF hit IS NOT TRUE AND tidings.cache_is_ahead() THEN
-            PERFORM tidings.write_cache();
-        END IF;
-        IF NEW.idempotency_key IS NOT NULL THEN
-            IF hit IS NOT TRUE THEN
-                PERFORM tidings.lock_counter(NEW.recipient);
-            END IF;
-            -- I5, with the lock held: a concurrent insert of the same key
-            -- has either committed (and is seen: each statement here takes
-            -- a fresh snapshot) or rolled back.
-            IF EXISTS (SELECT 1 FROM tidings.notifications
-                        WHERE recipient = NEW.recipient
-                          AND idempotency_key = NEW.idempotency_key)
-            THEN
-                RETURN NULL; -- skip the row, like ON CONFLICT DO NOTHING; no seq used
-            END IF;
-        END IF;
-
-        -- The first hit of a run: the counter row is exact; cache it.
-        -- The lock and the hint cost little, as this transaction's miss
-        -- took the one and sent the other already (PostgreSQL drops the
-        -- repeat); they keep I1-I3 and I7 should the cached recipient come
-        -- from anywhere else, such as a session-level SET. With no counter
-        -- row to lock, the row takes the miss path below.
-        IF hit AND NOT tidings.cache_is_ahead() THEN
-            SELECT r.last_seq, encode(r.last_hash, 'hex') || tidings.send_hint(r.recipient, r.hints_until)
-              INTO NEW.seq, cached
-              FROM tidings.recipients r
-             WHERE r.recipient = NEW.recipient
-               FOR UPDATE;
-            hit := FOUND;
-            PERFORM set_config('tidings.cached_seq', NEW.seq::text, true),
-                    set_config('tidings.cached_hash', cached, true),
-                    set_config('tidings.unwritten', '0', true)
-              WHERE hit;
-        END IF;
-        IF hit THEN
-            NEW.seq := current_setting('tidings.cached_seq')::bigint + 1;
-            NEW.hash := sha256(decode(current_setting('tidings.cached_hash'), 'hex')
-                               || tidings.canonical(NEW));
-            cached := set_config('tidings.cached_seq', NEW.seq::text, true)
-                   || set_config('tidings.cached_hash', encode(NEW.hash, 'hex'), true)
-                   || set_config('tidings.unwritten',
-                                 (current_setting('tidings.unwritten')::bigint + 1)::text, true);
-            RETURN NEW;
+    IF NEW.idempotency_key IS NOT NULL THEN
+        PERFORM tidings.lock_counter(NEW.recipient);
+        IF EXISTS (SELECT 1 FROM tidings.notifications
+                    WHERE recipient = NEW.recipient
+                      AND idempotency_key = NEW.idempotency_key)
+        THEN
+            RETURN NULL; -- skip the row, like ON CONFLICT DO NOTHING; no seq used
         END IF;
     END IF;
 
+    NEW.created_at := now();
+    -- The shortcut (step 4): '<tuple id> <recipient>' of the row left last.
+    IF left_at = split_part(left_at, ' ', 1) || ' ' || NEW.recipient THEN
+        UPDATE tidings.recipients r
+           SET last_seq = r.last_seq + 1,
+               notifications = r.notifications + 1,
+               last_hash = sha256(r.last_hash || tidings.notification_text(NEW.recipient,
+                   r.last_seq + 1, NEW.id, NEW.kind, NEW.payload, NEW.idempotency_key, NEW.created_at))
+         WHERE r.ctid = split_part(left_at, ' ', 1)::tid AND r.recipient = NEW.recipient
+        RETURNING r.last_seq, r.last_hash,
+                  set_config('tidings.counter', r.ctid::text || ' ' || r.recipient, true)
+               || tidings.send_hint(r.recipient, r.hints_until)
+             INTO NEW.seq, NEW.hash, noted;
+        IF FOUND THEN
+            RETURN NEW;
+        END IF;
+    END IF;
     LOOP
         UPDATE tidings.recipients r
            SET last_seq = r.last_seq + 1,
                notifications = r.notifications + 1,
                last_hash = sha256(r.last_hash || tidings.notification_text(NEW.recipient,
-                   r.last_seq + 1, NEW.id, NEW.kind, NEW.payload, NEW.idempotency_key, now()))
+                   r.last_seq + 1, NEW.id, NEW.kind, NEW.payload, NEW.idempotency_key, NEW.created_at))
          WHERE r.recipient = NEW.recipient
-        RETURNING r.last_seq, r.last_hash, now(),
-                  set_config('tidings.cached_recipient', r.recipient, true)
+        RETURNING r.last_seq, r.last_hash,
+                  set_config('tidings.counter', r.ctid::text || ' ' || r.recipient, true)
                || tidings.send_hint(r.recipient, r.hints_until)
-             INTO NEW.seq, NEW.hash, NEW.created_at, cached;
+             INTO NEW.seq, NEW.hash, noted;
         EXIT WHEN FOUND;
         PERFORM tidings.lock_counter(NEW.recipient); -- the recipient's first event
     END LOOP;
@@ -457,23 +398,19 @@ $$;
 CREATE TRIGGER assign_seq BEFORE INSERT ON tidings.notifications
     FOR EACH ROW EXECUTE FUNCTION tidings.assign_notification_seq();
 
--- I6, I1-I3, I8, I7 for read events: write out a cache that is ahead (C1);
--- lock the counter row first, so two concurrent markers of one
--- notification serialize and the second sees the first's mark; keep only
--- the ids that are newly read and belong to the recipient, sorted (I6);
--- take the next seq only if anything is left - else the row is skipped and
--- uses no seq. Then one UPDATE of the counter row hands out the seq,
--- chains the hash, counts the marks and returns the lease, and the event
--- is cached and hinted. Every read event runs this whole path: reads are
--- rare next to notifications, so it is not tuned.
+-- I6, I1-I3, I8, I7 for read events: lock the counter row first, so two
+-- concurrent markers of one notification serialize and the second sees
+-- the first's mark; keep only the ids that are newly read and belong to
+-- the recipient, sorted (I6); take the next seq only if anything is left -
+-- else the row is skipped and uses no seq. Then one UPDATE of the counter
+-- row hands out the seq, chains the hash, counts the marks and returns the
+-- lease, and the event is hinted. SECURITY DEFINER with a pinned path,
+-- like assign_notification_seq.
 CREATE FUNCTION tidings.assign_read_seq() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lease timestamptz;
 BEGIN
-    IF tidings.cache_is_ahead() THEN
-        PERFORM tidings.write_cache();
-    END IF;
     PERFORM tidings.lock_counter(NEW.recipient);
 
     SELECT array_agg(n.id ORDER BY n.id) INTO NEW.notification_ids
@@ -493,11 +430,7 @@ BEGIN
                r.last_seq + 1, NEW.id, NEW.notification_ids, NEW.created_at))
      WHERE r.recipient = NEW.recipient
     RETURNING r.last_seq, r.last_hash, r.hints_until INTO NEW.seq, NEW.hash, lease;
-    PERFORM set_config('tidings.cached_recipient', NEW.recipient, true),
-            set_config('tidings.cached_seq', NEW.seq::text, true),
-            set_config('tidings.cached_hash', encode(NEW.hash, 'hex'), true),
-            set_config('tidings.unwritten', '0', true),
-            tidings.send_hint(NEW.recipient, lease);
+    PERFORM tidings.send_hint(NEW.recipient, lease);
     RETURN NEW;
 END;
 $$;
@@ -508,7 +441,7 @@ CREATE TRIGGER assign_seq BEFORE INSERT ON tidings.reads
 -- I6: one `read_marks` row per notification a read event marks; its
 -- primary key refuses a second mark.
 CREATE FUNCTION tidings.project_read_marks() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO tidings.read_marks (notification_id, recipient, read_seq, read_at)
     SELECT id, NEW.recipient, NEW.seq, NEW.created_at
@@ -519,29 +452,6 @@ $$;
 
 CREATE TRIGGER project_read_marks AFTER INSERT ON tidings.reads
     FOR EACH ROW EXECUTE FUNCTION tidings.project_read_marks();
-
--- C1 at the end of every INSERT statement: write what the cache holds
--- ahead of the counter row. It fires for every INSERT, of any number of
--- rows, and returns at once unless the cache is ahead (only after hits:
--- a bulk INSERT's runs). The test is `tidings.cache_is_ahead()` written
--- out: of NULL, '', '0' and a count without leading zeros, only a positive
--- count sorts after '0' compared byte by byte, and NULL > '0' is NULL.
-CREATE FUNCTION tidings.write_counter() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    -- `tidings.unwritten` is NULL, '', '0' or a count without leading
-    -- zeros: only a positive count sorts after '0' byte by byte.
-    IF current_setting('tidings.unwritten', true) > '0' COLLATE "C" THEN
-        PERFORM tidings.write_cache();
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER write_counter AFTER INSERT ON tidings.notifications
-    FOR EACH STATEMENT EXECUTE FUNCTION tidings.write_counter();
-CREATE TRIGGER write_counter AFTER INSERT ON tidings.reads
-    FOR EACH STATEMENT EXECUTE FUNCTION tidings.write_counter();
 
 -- I4: the log is append-only. (A superuser can still disable triggers;
 -- the hash chain, I8, makes such edits evident.)
@@ -584,3 +494,28 @@ EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'tidings_auditor was not created: % (create it as an administrator)', SQLERRM;
 END;
 $$;
+
+-- I11. A group role for apps that publish with SQL, e.g.
+--   GRANT tidings_writer TO app;
+-- Column privileges, so that INSERT names only what an app gives (an
+-- explicit id, seq, hash or created_at is refused, `OVERRIDING SYSTEM
+-- VALUE` too) and RETURNING reads only what an app may learn. Created like
+-- tidings_auditor: it may exist already, and a migrating user without
+-- CREATEROLE leaves it to an administrator.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tidings_writer') THEN
+        CREATE ROLE tidings_writer NOLOGIN;
+    END IF;
+    GRANT USAGE ON SCHEMA tidings TO tidings_writer;
+    GRANT INSERT (recipient, kind, payload, idempotency_key) ON tidings.notifications TO tidings_writer;
+    GRANT SELECT (id, seq, created_at) ON tidings.notifications TO tidings_writer;
+    GRANT INSERT (recipient, notification_ids) ON tidings.reads TO tidings_writer;
+    GRANT SELECT (id, seq, created_at) ON tidings.reads TO tidings_writer;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'tidings_writer was not created: % (create it as an administrator)', SQLERRM;
+END;
+$$;
+
+-- Helpers the triggers call as their owner; nobody else needs them.
+REVOKE EXECUTE ON FUNCTION tidings.lock_counter(text) FROM PUBLIC;

@@ -315,9 +315,10 @@ async fn counters_and_chain_heads_match_the_log_after_every_statement_of_a_mixed
 }
 
 #[tokio::test]
-async fn a_cache_set_by_hand_in_the_session_cannot_skip_a_seq_or_a_hint() {
+async fn settings_set_by_hand_in_the_session_cannot_skip_a_seq_or_a_hint() {
     // Arrange: alice has a counter row; a session claims, at session level,
-    // to have appended to her last, at a seq far ahead.
+    // to have appended to her last, at a seq far ahead (the settings an
+    // older bulk cache trusted; writer_role.rs tries every other kind).
     let app = spawn_app().await;
     app.insert("alice", "first", json!({})).await;
     // Appends hint only recipients someone streams (I7): lease alice.

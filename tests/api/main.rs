@@ -41,4 +41,5 @@ mod startup;
 mod stream_limits;
 mod tls;
 mod token_times;
+mod writer_role;
 mod writers;
