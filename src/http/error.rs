@@ -119,6 +119,9 @@ impl From<sqlx::Error> for AppError {
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
                 Self::Unavailable(error)
             }
+            sqlx::Error::Database(ref gone) if is_unavailable(gone.code().as_deref()) => {
+                Self::Unavailable(error)
+            }
             sqlx::Error::Database(refused) if is_unstorable_input(refused.code().as_deref()) => {
                 Self::BadRequest(format!(
                     "the database refused a value: {}",
@@ -128,6 +131,17 @@ impl From<sqlx::Error> for AppError {
             other => Self::Database(other),
         }
     }
+}
+
+/// SQLSTATEs of a database that is going away or not there yet, which a
+/// retry will find again: a lost or refused connection (class 08, also what
+/// PgBouncer answers while it cannot reach PostgreSQL), a server shutting
+/// down or starting (57P01-57P03), or one with no connection to spare
+/// (53300).
+fn is_unavailable(code: Option<&str>) -> bool {
+    code.is_some_and(|code| {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+    })
 }
 
 /// SQLSTATEs that only input can cause: text PostgreSQL cannot hold (NUL,
