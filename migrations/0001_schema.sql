@@ -50,8 +50,9 @@
 --       this fails with SQLSTATE 23514 (check_violation) and constraint name
 --       `notifications_payload_size` (raised by the trigger: `pg_constraint`
 --       has no such row).
---   I11 Writers (role tidings_writer) can append events and nothing else:
---       see "Who may do what" below.
+--   I11 Writers (role tidings_writer) can append events and nothing else;
+--       the service (role tidings_service) can append, read and take hint
+--       leases, and nothing else: see "Who may do what" below.
 --   C1  After every append, `recipients` holds its recipient's latest seq
 --       (`last_seq`), the hash of that event (`last_hash`: the head of its
 --       chain) and its totals (`notifications`, and `read` notifications
@@ -94,6 +95,11 @@
 --   for it. So no session of a writer can give a row its seq, id, hash or
 --   time (`OVERRIDING SYSTEM VALUE` included), change a counter, or leave a
 --   gap: seq and hash come only from the counter row, under its lock.
+--   tidings_service (NOLOGIN; the tidings service's login gets it) is a
+--   writer that may also SELECT what it serves and take or renew hint
+--   leases through take_lease and renew_leases (owner's rights, touching
+--   `hints_until` alone). It owns nothing, so it can neither change a row
+--   nor switch off a trigger. Migrations run as the schema's owner.
 
 CREATE SCHEMA tidings;
 
@@ -519,3 +525,68 @@ $$;
 
 -- Helpers the triggers call as their owner; nobody else needs them.
 REVOKE EXECUTE ON FUNCTION tidings.lock_counter(text) FROM PUBLIC;
+
+-- I7's leases, as the tidings service takes and renews them: the only
+-- writes to counter rows that are not appends. With the owner's rights,
+-- so the service's role needs no UPDATE on tidings.recipients; they set
+-- `hints_until` alone (never shortening another instance's lease), and a
+-- recipient's first lease makes its counter row at seq 0, as its first
+-- event would. The caller sets synchronous_commit and lock_timeout for
+-- its transaction; these keep them.
+--
+-- take_lease: takes or extends `who`'s lease and returns its position,
+-- read under the same row lock.
+CREATE FUNCTION tidings.take_lease(who text, seconds double precision) RETURNS bigint
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO tidings.recipients AS r (recipient, last_seq, hints_until)
+    VALUES (who, 0, now() + make_interval(secs => seconds))
+        ON CONFLICT (recipient)
+        DO UPDATE SET hints_until = greatest(r.hints_until, excluded.hints_until)
+    RETURNING r.last_seq;
+$$;
+
+-- renew_leases: extends the leases of those of `whom` whose counter rows
+-- no append holds (SKIP LOCKED: a statement waiting on many rows could
+-- deadlock with a transaction appending to several recipients), and
+-- returns whom it extended.
+CREATE FUNCTION tidings.renew_leases(whom text[], seconds double precision) RETURNS SETOF text
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE tidings.recipients r
+       SET hints_until = greatest(r.hints_until, now() + make_interval(secs => seconds))
+     WHERE r.recipient IN (SELECT recipient FROM tidings.recipients
+                            WHERE recipient = ANY(whom) FOR UPDATE SKIP LOCKED)
+    RETURNING r.recipient;
+$$;
+REVOKE EXECUTE ON FUNCTION tidings.take_lease(text, double precision) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION tidings.renew_leases(text[], double precision) FROM PUBLIC;
+
+-- I11. The role the tidings service runs as: grant it to the service's
+-- login, e.g.
+--   CREATE ROLE tidings_app LOGIN PASSWORD '...';
+--   GRANT tidings_service TO tidings_app;
+-- It publishes and marks read as a writer does, reads what it serves,
+-- takes leases through the two functions above, and reads the migration
+-- bookkeeping to see that the schema is current. It owns nothing and may
+-- change no row and no trigger: a service session cannot rewrite history,
+-- move a counter or switch off the append-only triggers (I4). The
+-- embedded database makes this role ahead, with a login that has it.
+-- Created like tidings_auditor.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'tidings_service') THEN
+        CREATE ROLE tidings_service NOLOGIN;
+    END IF;
+    GRANT tidings_writer, tidings_auditor TO tidings_service;
+    GRANT USAGE ON SCHEMA tidings TO tidings_service;
+    GRANT SELECT ON ALL TABLES IN SCHEMA tidings TO tidings_service;
+    GRANT EXECUTE ON FUNCTION tidings.take_lease(text, double precision),
+                              tidings.renew_leases(text[], double precision)
+       TO tidings_service;
+    IF to_regclass('tidings_migrations._sqlx_migrations') IS NOT NULL THEN
+        GRANT USAGE ON SCHEMA tidings_migrations TO tidings_service;
+        GRANT SELECT ON tidings_migrations._sqlx_migrations TO tidings_service;
+    END IF;
+EXCEPTION WHEN insufficient_privilege OR undefined_object THEN
+    RAISE NOTICE 'tidings_service was not created: % (create it as an administrator)', SQLERRM;
+END;
+$$;

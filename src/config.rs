@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
     /// Print a signed JWT for a recipient, e.g. to try the API with curl.
@@ -76,6 +76,16 @@ pub struct DatabaseArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    /// PostgreSQL connection URL of the role that owns tidings' schema,
+    /// used only to migrate at start; the service then runs as the
+    /// --database-url role, which needs no more than `tidings_service`
+    /// (docs/deployment.md). Without it, --database-url's role migrates,
+    /// or, if it may not, finds the schema current (`tidings migrate`
+    /// applied it) or stops saying so. The embedded cluster sets both.
+    #[arg(long, env = "TIDINGS_MIGRATION_DATABASE_URL", value_parser = database_url,
+          hide_env_values = true)]
+    pub migration_database_url: Option<String>,
 
     /// Address and port to serve HTTP on.
     #[arg(long, env = "TIDINGS_LISTEN", default_value = "127.0.0.1:8080")]

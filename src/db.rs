@@ -161,6 +161,12 @@ pub enum MigrationError {
     /// [`BOOKKEEPING`].
     #[error("migration bookkeeping: {0}")]
     Bookkeeping(String),
+    /// The schema is not current and this role may not change it: the
+    /// service's own role (`tidings_service`) is not meant to.
+    #[error(
+        "the database needs migrations and this role may not apply them ({0}): run          `tidings migrate` with the URL of the role that owns the schema, or give it to          the service as --migration-database-url"
+    )]
+    NotPermitted(String),
 }
 
 impl From<sqlx::Error> for MigrationError {
@@ -190,9 +196,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrationError> {
 async fn migrate_on(sessions: &PgPool) -> Result<(), MigrationError> {
     let mut session = sessions.acquire().await?;
     require_sessions(&mut session, sessions).await?;
-    create_bookkeeping_schema(&mut session).await?;
-    point_bookkeeping_at_its_schema(&mut session).await?;
-    MIGRATOR.run_direct(&mut *session).await?;
+    if !is_current(&mut session).await? {
+        apply(&mut session).await.map_err(not_permitted)?;
+    }
     let newer = check_bookkeeping(&mut session).await?;
     if !newer.is_empty() {
         tracing::warn!(
@@ -203,6 +209,52 @@ async fn migrate_on(sessions: &PgPool) -> Result<(), MigrationError> {
         );
     }
     Ok(())
+}
+
+/// Applies what is missing, creating the bookkeeping first if need be.
+async fn apply(session: &mut PgConnection) -> Result<(), MigrationError> {
+    create_bookkeeping_schema(session).await?;
+    point_bookkeeping_at_its_schema(session).await?;
+    MIGRATOR.run_direct(session).await?;
+    Ok(())
+}
+
+/// Whether every migration this binary knows is applied, unchanged. Read
+/// first, so that a role that may read the bookkeeping but not migrate
+/// (`tidings_service`) starts on a current schema: the migrator itself
+/// would ask for `CREATE` on the bookkeeping schema even with nothing to
+/// do. A table this role cannot see counts as not current.
+async fn is_current(session: &mut PgConnection) -> Result<bool, MigrationError> {
+    let applied: Vec<(i64, Vec<u8>)> = match sqlx::query_as(
+        "SELECT version, checksum FROM tidings_migrations._sqlx_migrations WHERE success",
+    )
+    .fetch_all(&mut *session)
+    .await
+    {
+        Ok(applied) => applied,
+        Err(error) if sqlstate_in(&error, &["42", "3F"]).is_some() => return Ok(false),
+        Err(error) => return Err(error.into()),
+    };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .all(|migration| {
+            applied.iter().any(|(version, checksum)| {
+                *version == migration.version && **checksum == *migration.checksum
+            })
+        }))
+}
+
+/// A migration refused for want of privileges says what to do about it.
+fn not_permitted(error: MigrationError) -> MigrationError {
+    match &error {
+        MigrationError::Migrate(MigrateError::Execute(sqlx::Error::Database(refused)))
+            if refused.code().as_deref() == Some("42501") =>
+        {
+            MigrationError::NotPermitted(refused.message().to_owned())
+        }
+        _ => error,
+    }
 }
 
 /// How long the session check waits for an answer that a session of its

@@ -32,8 +32,21 @@ const PGDATA: &str = "pgdata";
 /// The port the socket is named after (`.s.PGSQL.5432`). Passed to the
 /// server explicitly, so a `PGPORT` in the environment cannot move it.
 const PORT: u16 = 5432;
-/// The role `initdb` creates as superuser; the URL logs in as it.
+/// The role `initdb` creates as superuser: [`EmbeddedPostgres::url`] logs
+/// in as it, and tidings migrates with it.
 const SUPERUSER: &str = "postgres";
+/// The login the tidings service runs as ([`EmbeddedPostgres::service_url`]):
+/// no superuser, owner of nothing, a member of `tidings_service`.
+const SERVICE_LOGIN: &str = "tidings";
+/// Makes the service's login and its group role if they are missing. The
+/// group role is the migrations' to equip (migrations/0001_schema.sql);
+/// made here too, so the login can join it before the first migration.
+/// One line: single-user mode ends a statement at a newline.
+const SERVICE_ROLES: &str = "DO $$ BEGIN \
+     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tidings_service') THEN \
+     CREATE ROLE tidings_service NOLOGIN; END IF; \
+     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tidings') THEN \
+     CREATE ROLE tidings LOGIN NOSUPERUSER IN ROLE tidings_service; END IF; END $$;\n";
 /// Linux refuses Unix socket paths longer than this (sun_path is 108 bytes).
 const MAX_SOCKET_PATH: usize = 107;
 /// How much of the server's log a failed start quotes.
@@ -196,22 +209,36 @@ impl EmbeddedPostgres {
             cluster.init(&data_dir)?;
         }
         cluster.stop_orphan()?;
+        cluster.make_service_roles()?;
         cluster.launch()?;
         // `sslmode=disable`: PostgreSQL has no TLS on a Unix socket, and an
         // operator's `PGSSLMODE=require` (meant for other databases) must
         // not make the embedded cluster unreachable.
-        cluster.url = format!(
-            "postgres:///postgres?host={}&port={}&user={SUPERUSER}&sslmode=disable",
-            percent_encode(&cluster.pgdata.to_string_lossy()),
-            cluster.port()
-        );
+        cluster.url = cluster.url_for(SUPERUSER);
         cluster.write_url_file()?;
         Ok(cluster)
     }
 
-    /// The connection URL; also written to `<data-dir>/DATABASE_URL`.
+    fn url_for(&self, user: &str) -> String {
+        format!(
+            "postgres:///postgres?host={}&port={}&user={user}&sslmode=disable",
+            percent_encode(&self.pgdata.to_string_lossy()),
+            self.port()
+        )
+    }
+
+    /// The superuser's connection URL, for migrating and administering;
+    /// also written to `<data-dir>/DATABASE_URL`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL the tidings service connects with once migrations are
+    /// done: a login that is no superuser and owns nothing, so a service
+    /// session can neither rewrite history nor switch off the triggers
+    /// that keep it append-only.
+    pub fn service_url(&self) -> String {
+        self.url_for(SERVICE_LOGIN)
     }
 
     /// Stops the server as `how` says, then starts it again on the same
@@ -313,7 +340,12 @@ impl EmbeddedPostgres {
         initdb
             .arg("-D")
             .arg(&scratch)
-            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-locale"])
+            // Logins through the socket only: its directory's permissions
+            // are the access control. TCP, should settings turn it on, is
+            // refused unless an `hba_file` of the embedding program's says
+            // otherwise.
+            .args(["-U", SUPERUSER, "--auth-local=trust", "--auth-host=reject"])
+            .args(["-E", "UTF8", "--no-locale"])
             .arg("--no-instructions");
         run(initdb, "initdb")?;
         // Only the socket, only inside the data directory: nothing else on
@@ -327,6 +359,55 @@ impl EmbeddedPostgres {
             .and_then(|mut conf| conf.write_all(settings.as_bytes()))
             .map_err(io_error("writing postgresql.conf"))?;
         fs::rename(&scratch, &self.pgdata).map_err(io_error("moving the new cluster into place"))
+    }
+
+    /// Runs [`SERVICE_ROLES`] in single-user mode, before the server
+    /// starts: at every start, as the cluster may predate the roles. What
+    /// the backend says goes to the server's log, which a failure quotes
+    /// (a broken postgresql.conf shows here first). A statement that fails
+    /// does not fail the backend; its login then fails, naming the role.
+    fn make_service_roles(&self) -> Result<(), EmbeddedError> {
+        let log = self.server_log()?;
+        let said = open_own(&log, File::options().append(true))
+            .map_err(io_error(format!("opening {}", log.display())))?;
+        let mut backend = self.command("postgres");
+        backend
+            .args(["--single", "-D"])
+            .arg(&self.pgdata)
+            .arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(said);
+        let mut child = backend
+            .spawn()
+            .map_err(io_error("running postgres --single"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(SERVICE_ROLES.as_bytes())
+                .map_err(io_error("writing to postgres --single"))?;
+        }
+        let status = child
+            .wait()
+            .map_err(io_error("running postgres --single"))?;
+        if status.success() {
+            return Ok(());
+        }
+        let failed = EmbeddedError::Command {
+            what: "making the service's roles (postgres --single)".into(),
+            status,
+            output: String::new(),
+        };
+        Err(with_log(failed, &log))
+    }
+
+    /// The server's log, `<data-dir>/postgres.log`, created if missing and
+    /// given to the cluster's user.
+    fn server_log(&self) -> Result<PathBuf, EmbeddedError> {
+        let log = self.data_dir.join("postgres.log");
+        open_own(&log, File::options().create(true).append(true))
+            .map_err(io_error(format!("creating {}", log.display())))?;
+        self.hand_over(&log)?;
+        Ok(log)
     }
 
     /// A postmaster still running here was left by a tidings that died; its
@@ -349,10 +430,7 @@ impl EmbeddedPostgres {
     }
 
     fn launch(&mut self) -> Result<(), EmbeddedError> {
-        let log = self.data_dir.join("postgres.log");
-        open_own(&log, File::options().create(true).append(true))
-            .map_err(io_error(format!("creating {}", log.display())))?;
-        self.hand_over(&log)?;
+        let log = self.server_log()?;
         let mut server_options = format!("-c max_connections=200 -p {}", self.port());
         for (name, value) in &self.options.settings {
             server_options.push_str(" -c ");

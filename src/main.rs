@@ -38,7 +38,7 @@ async fn main() -> Result<()> {
     init_logging(log_format);
     match cli.command {
         None => serve(cli.serve).await,
-        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::Migrate(args)) => migrate(args).await,
         Some(Command::Token(args)) => token(args),
         Some(Command::Verify(args)) => verify(args).await,
@@ -71,7 +71,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// The database to use: the given URL, or the embedded cluster's.
+/// The database to use: the given URL, or the embedded cluster's
+/// superuser's.
 fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
     if let Some(url) = &args.database_url {
         return Ok((url.clone(), None));
@@ -88,8 +89,17 @@ fn database(args: &DatabaseArgs) -> Result<(String, Option<EmbeddedPostgres>)> {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let (url, cluster) = tokio::task::block_in_place(|| database(&args.database))?;
+    // The embedded cluster's superuser migrates; its service login serves.
+    let (url, migration_url) = match &cluster {
+        Some(cluster) => (cluster.service_url(), Some(url)),
+        None => (url, args.migration_database_url.clone()),
+    };
     // Before "serving on": a URL that cannot work must not look like a start.
     let database = db::options(&url, "tidings").context("parsing the database URL")?;
+    let migration_database = migration_url
+        .map(|url| db::options(&url, "tidings-migrate"))
+        .transpose()
+        .context("parsing the migration database URL")?;
     let (jwt_secret, demo_token) = jwt_secret(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -104,6 +114,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let settings = Settings {
         database,
+        migration_database,
         pool_size: args.database.db_pool_size,
         jwt_secret,
         streams: StreamSettings {

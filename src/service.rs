@@ -39,6 +39,10 @@ pub struct Settings {
     /// Where the database is; every connection (pool, hub, LISTEN session)
     /// is made from these, labelled with its own application name.
     pub database: PgConnectOptions,
+    /// Where migrations run at start, as the schema's owner, when the
+    /// service's own role (`database`) may not change the schema; `None`:
+    /// with `database`.
+    pub migration_database: Option<PgConnectOptions>,
     /// Connections for queries: one is the hub's, the rest the request
     /// pool's, so this bounds tidings' load on the database.
     pub pool_size: u32,
@@ -123,13 +127,18 @@ async fn start(
         settings.database.clone().application_name("tidings"),
         settings.pool_size.saturating_sub(1),
     );
-    if let Err(error) = migrate_when_reachable(&pool, shutdown).await {
+    let migrating = match &settings.migration_database {
+        Some(owner) => db::pool(owner.clone().application_name("tidings-migrate"), 1),
+        None => pool.clone(),
+    };
+    if let Err(error) = migrate_when_reachable(&migrating, shutdown).await {
         shutdown.cancel();
         return Err(error);
     }
     if shutdown.is_cancelled() {
         return Ok(Vec::new());
     }
+    warn_if_privileged(&pool).await;
     let state = state(settings, pool, shutdown);
     let background = spawn_background(&state.delivery, settings);
     app.send_replace(Some(http::router(state, &settings.cors_origins)));
@@ -251,6 +260,28 @@ async fn migrate_when_reachable(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
+    }
+}
+
+/// Says so when the service's role could switch off the triggers that
+/// keep history append-only (a superuser, or a member of the schema's
+/// owner): allowed, for a first try, but not how to run it.
+async fn warn_if_privileged(pool: &PgPool) {
+    let privileged = sqlx::query_as::<_, (String, bool)>(
+        "SELECT current_user::text,
+                rolsuper OR pg_has_role(current_user, nspowner, 'USAGE')
+           FROM pg_roles, pg_namespace
+          WHERE rolname = current_user AND nspname = 'tidings'",
+    )
+    .fetch_optional(pool)
+    .await;
+    if let Ok(Some((role, true))) = privileged {
+        tracing::warn!(
+            %role,
+            "the service runs as a superuser or the schema's owner, which can switch off \
+             the triggers that keep history append-only; give it a login with \
+             tidings_service instead (see SECURITY.md)"
+        );
     }
 }
 

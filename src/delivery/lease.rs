@@ -165,12 +165,8 @@ impl Leases {
     async fn renew_batch(&self, batch: &[Arc<str>]) -> Vec<Arc<str>> {
         let names: Vec<String> = batch.iter().map(|name| name.to_string()).collect();
         let renewed = sqlx::query_scalar!(
-            r#"UPDATE tidings.recipients r
-                  SET hints_until = greatest(r.hints_until, now() + make_interval(secs => $2))
-                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS soft_commit
-                WHERE r.recipient IN (SELECT recipient FROM tidings.recipients
-                                       WHERE recipient = ANY($1) FOR UPDATE SKIP LOCKED)
-               RETURNING r.recipient"#,
+            r#"SELECT tidings.renew_leases($1, $2) AS "recipient!"
+                 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS soft_commit"#,
             &names,
             self.shared.length.as_secs_f64(),
         )
@@ -225,16 +221,13 @@ impl Leases {
     /// `synchronous_commit` off for this transaction only: the lease is
     /// visible once committed, which is all the order above needs, and a
     /// crash that loses it is a reconnect, after which every lease is taken
-    /// again. `greatest`: never shorten another instance's lease.
+    /// again. `tidings.take_lease` writes the row with the schema owner's
+    /// rights: the service's role may not update counter rows itself.
     async fn take(&self, recipient: &str) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar!(
-            r#"INSERT INTO tidings.recipients AS r (recipient, last_seq, hints_until)
-               SELECT $1, 0, now() + make_interval(secs => $2)
+            r#"SELECT tidings.take_lease($1, $2) AS "position!"
                  FROM (SELECT set_config('synchronous_commit', 'off', true),
-                              set_config('lock_timeout', $3, true)) AS settings
-                   ON CONFLICT (recipient)
-                   DO UPDATE SET hints_until = greatest(r.hints_until, excluded.hints_until)
-               RETURNING r.last_seq"#,
+                              set_config('lock_timeout', $3, true)) AS settings"#,
             recipient,
             self.shared.length.as_secs_f64(),
             format!("{}ms", LOCK_WAIT.as_millis()),

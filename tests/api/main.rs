@@ -35,6 +35,7 @@ mod proxies;
 mod readiness;
 mod refused_input;
 mod resume;
+mod service_role;
 mod shutdown;
 mod slow_client;
 mod startup;

@@ -292,6 +292,7 @@ pub(crate) async fn damage(db: &PgPool, recipient: &str) {
     sqlx::raw_sql(
         r#"
         CREATE TABLE IF NOT EXISTS public.damaged (recipient text PRIMARY KEY);
+        GRANT SELECT ON public.damaged TO tidings_service;
         CREATE OR REPLACE FUNCTION public.readable(who text) RETURNS boolean
         LANGUAGE plpgsql STABLE AS $$
         BEGIN

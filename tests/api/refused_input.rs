@@ -12,6 +12,7 @@ use tidings::config::Role;
 
 use crate::helpers::app::{spawn_app, spawn_app_with, TestApp};
 use crate::helpers::checks::{assert_problem, header};
+use crate::helpers::cluster::as_owner;
 
 /// One notification PostgreSQL refuses, and the SQLSTATE it refuses it with.
 struct Case {
@@ -161,11 +162,12 @@ async fn every_sqlstate_class_a_notification_can_cause_is_a_400_that_stores_noth
 #[tokio::test]
 async fn a_payload_too_deep_for_the_databases_stack_is_a_400_not_a_500() {
     // A database whose stack is smaller than usual (`max_stack_depth` is
-    // the server's to set; here, for tidings' connections only, which the
-    // test cluster's superuser may) refuses nesting the publisher lets
-    // through: its refusal (54001) must still be the client's 400.
+    // the server's to set; here, for tidings' connections only, which only
+    // a superuser may, so they log in as one) refuses nesting the
+    // publisher lets through: its refusal (54001) must still be the
+    // client's 400.
     let app = spawn_app_with(|s| {
-        s.database = s.database.clone().options([("max_stack_depth", "100kB")]);
+        s.database = as_owner(&s.database).options([("max_stack_depth", "100kB")]);
     })
     .await;
     for payload in [nested_arrays(5_000), nested_objects(5_000)] {

@@ -58,6 +58,11 @@ impl TlsCluster {
         let mut settings = fs::read_to_string(&conf)?;
         settings.push_str("\nssl = on\n");
         fs::write(&conf, settings)?;
+        // The embedded cluster refuses TCP logins; this one takes them.
+        fs::write(
+            pgdata.join("pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+        )?;
         postgres.restart(Shutdown::Fast)?;
         Ok(cluster)
     }

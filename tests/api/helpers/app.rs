@@ -17,7 +17,7 @@ use tidings::delivery::StreamSettings;
 use tidings::http::auth::Keys;
 use tidings::service::{self, Settings};
 
-use super::cluster::fresh_database;
+use super::cluster::{as_service, fresh_database};
 use super::sse::SseClient;
 use super::SECRET;
 
@@ -80,6 +80,7 @@ impl Drop for StopRecorder {
 pub fn test_settings(database: PgConnectOptions) -> Settings {
     Settings {
         database,
+        migration_database: None,
         pool_size: 8,
         jwt_secret: SECRET.as_bytes().to_vec(),
         streams: StreamSettings {
@@ -108,7 +109,8 @@ pub async fn spawn_app() -> TestApp {
 /// change settings first. Returns once `/readyz` says ready.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let database = fresh_database().await.expect("fresh database");
-    let mut settings = test_settings(database.clone());
+    // As the service's own role, on a schema migrated by its owner.
+    let mut settings = test_settings(as_service(&database));
     tweak(&mut settings);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("address"));

@@ -18,6 +18,10 @@ use tidings::embedded::{EmbeddedPostgres, Options};
 /// with the migrations applied, copied for each test.
 struct TestCluster {
     admin: PgConnectOptions,
+    /// The login tidings serves as: the embedded cluster's service login
+    /// (`tidings_service`, no superuser), or `admin` on a server that
+    /// `DATABASE_URL` names.
+    service: PgConnectOptions,
     template: String,
     /// Kept alive for the process; its watchdog stops and removes it at exit.
     _embedded: Option<EmbeddedPostgres>,
@@ -55,16 +59,21 @@ pub fn throwaway(settings: &[(&str, &str)]) -> Options {
 }
 
 fn start_cluster() -> Result<TestCluster> {
-    let (url, embedded) = match std::env::var("DATABASE_URL") {
-        Ok(url) => (url, None),
+    let (url, service_url, embedded) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url.clone(), url, None),
         Err(_) => {
             let dir = std::env::temp_dir()
                 .join(format!("tidings-test-{}", uuid::Uuid::new_v4().simple()));
             let cluster = EmbeddedPostgres::start(&dir, &throwaway(&[]))?;
-            (cluster.url().to_owned(), Some(cluster))
+            (
+                cluster.url().to_owned(),
+                cluster.service_url(),
+                Some(cluster),
+            )
         }
     };
     let admin = PgConnectOptions::from_str(&url)?;
+    let service = PgConnectOptions::from_str(&service_url)?;
     let template = format!("tidings_template_{}", uuid::Uuid::new_v4().simple());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -82,6 +91,7 @@ fn start_cluster() -> Result<TestCluster> {
     })?;
     Ok(TestCluster {
         admin,
+        service,
         template,
         _embedded: embedded,
     })
@@ -120,6 +130,18 @@ pub async fn fresh_database() -> Result<PgConnectOptions> {
     .await?;
     conn.close().await?;
     Ok(cluster.admin.clone().database(&name))
+}
+
+/// `database` (on the suite's cluster) as tidings' service login sees it.
+pub fn as_service(database: &PgConnectOptions) -> PgConnectOptions {
+    let name = database.get_database().unwrap_or("postgres");
+    cluster().service.clone().database(name)
+}
+
+/// `database` (on the suite's cluster) as its superuser sees it.
+pub fn as_owner(database: &PgConnectOptions) -> PgConnectOptions {
+    let name = database.get_database().unwrap_or("postgres");
+    cluster().admin.clone().database(name)
 }
 
 /// A database with nothing in it, not even the migrations.

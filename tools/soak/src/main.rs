@@ -288,10 +288,18 @@ async fn build_rig(args: &Args, data_dir: &std::path::Path) -> Result<Rig> {
     // PostgreSQL also listens on TCP, so that tidings can reach it through
     // the proxy (which turns connections into black holes).
     let pg_port = free_port().await?;
+    // The embedded cluster refuses TCP logins; the rig's trusts loopback.
+    std::fs::create_dir_all(data_dir)?;
+    let hba = data_dir.join("soak_hba.conf");
+    std::fs::write(
+        &hba,
+        "local all all trust\nhost all all 127.0.0.1/32 trust\n",
+    )?;
     let options = Options {
         settings: vec![
             ("listen_addresses".into(), "127.0.0.1".into()),
             ("port".into(), pg_port.to_string()),
+            ("hba_file".into(), hba.to_string_lossy().into_owned()),
         ],
         remove_when_stopped: true,
     };
