@@ -92,8 +92,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
 
     /// HS256 secret that verifies client tokens, at least 32 bytes (make one
-    /// with `openssl rand -hex 32`). Without it a random secret is made for
-    /// this process and a demo URL with a token is logged.
+    /// with `openssl rand -hex 32`). Without it tidings runs in demo mode:
+    /// a random secret made once and kept in <data-dir>/demo_jwt_secret
+    /// (readable by its owner only), and a demo URL with a token logged.
     #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true, value_parser = Hs256Secret)]
     pub jwt_secret: Option<String>,
 

@@ -25,8 +25,9 @@
 //!
 //! Around them: [`config`] (the command line), [`embedded`] (the private
 //! PostgreSQL used when no `DATABASE_URL` is given), [`db`] (connections
-//! and migrations), [`metrics`] (what is counted) and [`service`] (start-up,
-//! background tasks, shutdown).
+//! and migrations), [`demo`] (the secret kept for a start without one),
+//! [`metrics`] (what is counted) and [`service`] (start-up, background
+//! tasks, shutdown).
 
 #![forbid(unsafe_code)]
 
@@ -34,6 +35,7 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod delivery;
+pub mod demo;
 pub mod embedded;
 pub mod http;
 pub mod metrics;

@@ -11,9 +11,7 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use tidings::config::{
-    Cli, Command, DatabaseArgs, LogFormat, Role, ServeArgs, TokenArgs, VerifyArgs,
-};
+use tidings::config::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs, TokenArgs, VerifyArgs};
 use tidings::db;
 use tidings::delivery::{slots, StreamSettings};
 use tidings::embedded::{EmbeddedPostgres, Options};
@@ -163,26 +161,21 @@ fn max_streams(args: &ServeArgs) -> usize {
     max
 }
 
-/// The configured secret, or a random one for this process plus a demo
-/// token that may also publish, for the demo page's form.
+/// The configured secret, or the demo secret kept in the data directory
+/// plus a demo token that may also publish, for the demo page's form.
 fn jwt_secret(args: &ServeArgs) -> Result<(Vec<u8>, Option<String>)> {
     if let Some(secret) = &args.jwt_secret {
         return Ok((secret.as_bytes().to_vec(), None));
     }
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let token = Keys::new(secret.as_bytes()).issue(
-        "demo",
-        &[Role::Publisher],
-        Duration::from_secs(24 * 3600),
-    )?;
+    let data_dir = &args.database.data_dir;
+    let secret = tidings::demo::secret(data_dir).context("the demo secret")?;
+    let token = tidings::demo::token(&secret)?;
     tracing::warn!(
-        "no --jwt-secret / TIDINGS_JWT_SECRET given: using a random secret for this run only"
+        "no --jwt-secret / TIDINGS_JWT_SECRET given: demo mode, signing with the secret kept \
+         in {}/demo_jwt_secret",
+        data_dir.display()
     );
-    Ok((secret.into_bytes(), Some(token)))
+    Ok((secret, Some(token)))
 }
 
 /// The demo links, with the address actually bound (`--listen` may say

@@ -155,11 +155,8 @@ async fn a_stream_lives_on_past_the_request_head_timeout() {
 async fn without_a_jwt_secret_a_demo_link_with_the_bound_address_is_logged_and_works() {
     // Arrange
     let database = fresh_database().await.expect("database");
-    let server = Binary::serve_without(
-        &["TIDINGS_JWT_SECRET"],
-        &[("DATABASE_URL", &url_of(&database))],
-    )
-    .expect("tidings");
+    let data_dir = DataDir::new();
+    let server = demo_server(&database, &data_dir);
     server.wait_until_ready().await.expect("ready");
     let db = sqlx::PgPool::connect_with(database).await.expect("pool");
     sqlx::query("INSERT INTO tidings.notifications (recipient, kind) VALUES ('demo', 'hello')")
@@ -175,13 +172,7 @@ async fn without_a_jwt_secret_a_demo_link_with_the_bound_address_is_logged_and_w
         .lines_within(Duration::from_secs(5), |l| l.contains("access_token="))
         .await;
     let link = links.first().expect("a logged demo link");
-    let token: String = link
-        .split("access_token=")
-        .nth(1)
-        .unwrap_or_default()
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
-        .collect();
+    let token = token_in(link);
     let inbox = reqwest::Client::new()
         .get(format!("{}/v1/notifications", server.address))
         .bearer_auth(&token)
@@ -202,6 +193,106 @@ async fn without_a_jwt_secret_a_demo_link_with_the_bound_address_is_logged_and_w
     assert_eq!(inbox.status(), 200);
     let inbox: Value = inbox.json().await.expect("json");
     assert_eq!(inbox["items"][0]["kind"], "hello", "{inbox}");
+}
+
+#[tokio::test]
+async fn a_demo_token_outlives_a_restart_and_the_demo_secret_is_its_owners_alone() {
+    // Arrange: a demo start, its logged token.
+    use std::os::unix::fs::MetadataExt;
+    let database = fresh_database().await.expect("database");
+    let data_dir = DataDir::new();
+    let mut first = demo_server(&database, &data_dir);
+    first.wait_until_ready().await.expect("ready");
+    let token = demo_token(&first).await;
+    first.terminate().expect("stop");
+
+    // Act: a second start on the same data directory.
+    let second = demo_server(&database, &data_dir);
+    second.wait_until_ready().await.expect("ready again");
+    let inbox = reqwest::Client::new()
+        .get(format!("{}/v1/notifications", second.address))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("inbox");
+
+    // Assert: the first start's token is still good; the secret's file
+    // is readable by its owner only.
+    assert_eq!(inbox.status(), 200);
+    let secret = std::fs::metadata(data_dir.0.join("demo_jwt_secret")).expect("secret file");
+    assert_eq!(secret.mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_demo_secret_that_others_may_read_is_refused() {
+    // Arrange: a kept secret made readable by everyone.
+    use std::os::unix::fs::PermissionsExt;
+    let database = fresh_database().await.expect("database");
+    let data_dir = DataDir::new();
+    std::fs::create_dir_all(&data_dir.0).expect("data dir");
+    let path = data_dir.0.join("demo_jwt_secret");
+    std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    // Act
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .arg("serve")
+        .env_remove("TIDINGS_JWT_SECRET")
+        .env("DATABASE_URL", url_of(&database))
+        .env("TIDINGS_DATA_DIR", &data_dir.0)
+        .env("TIDINGS_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run tidings");
+
+    // Assert
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("chmod 600"), "{said}");
+}
+
+/// A data directory of the test's own, removed when it ends.
+struct DataDir(std::path::PathBuf);
+
+impl DataDir {
+    fn new() -> Self {
+        let name = format!("tidings-demo-{}", uuid::Uuid::new_v4().simple());
+        Self(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// tidings in demo mode (no secret given) on `database`.
+fn demo_server(database: &sqlx::postgres::PgConnectOptions, data_dir: &DataDir) -> Binary {
+    let data_dir = data_dir.0.to_string_lossy().into_owned();
+    Binary::serve_without(
+        &["TIDINGS_JWT_SECRET"],
+        &[
+            ("DATABASE_URL", &url_of(database)),
+            ("TIDINGS_DATA_DIR", &data_dir),
+        ],
+    )
+    .expect("tidings")
+}
+
+async fn demo_token(server: &Binary) -> String {
+    let links = server
+        .lines_within(Duration::from_secs(5), |l| l.contains("access_token="))
+        .await;
+    token_in(links.first().expect("a logged demo link"))
+}
+
+fn token_in(link: &str) -> String {
+    link.split("access_token=")
+        .nth(1)
+        .unwrap_or_default()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .collect()
 }
 
 #[tokio::test]
