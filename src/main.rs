@@ -277,24 +277,40 @@ async fn verdict(args: VerifyArgs) -> Result<bool> {
     let recipient = args.recipient.as_deref();
     let outcome = if args.heads {
         tidings::audit::heads(&pool, recipient).await.map(|heads| {
-            for head in heads {
-                println!("{}\t{}\t{}", head.recipient, head.seq, head.hash);
-            }
-            true
+            let lines = heads
+                .iter()
+                .map(|head| format!("{}\t{}\t{}", head.recipient, head.seq, head.hash));
+            (print_lines(lines), true)
         })
     } else {
         tidings::audit::verify(&pool, recipient)
             .await
             .map(|verdict| {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&verdict).unwrap_or_default()
-                );
-                verdict.ok
+                let json = serde_json::to_string_pretty(&verdict).unwrap_or_default();
+                (print_lines(std::iter::once(json)), verdict.ok)
             })
     };
     pool.close().await;
-    stop_after(cluster, outcome.context("reading the history"))
+    let (printed, intact) = stop_after(cluster, outcome.context("reading the history"))?;
+    printed.context("writing the verdict")?;
+    Ok(intact)
+}
+
+/// Writes `lines` to stdout. A reader that stopped early (`verify --heads
+/// | head -1`) ends the output, not the command: the verdict stands.
+fn print_lines(lines: impl Iterator<Item = String>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        match writeln!(out, "{line}") {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written?,
+        }
+    }
+    match out.flush() {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        flushed => flushed,
+    }
 }
 
 /// Stops the embedded cluster, if there is one, once a command is done. A

@@ -405,6 +405,30 @@ async fn reordered_events_are_caught() {
 }
 
 #[tokio::test]
+async fn verify_whose_reader_stops_early_keeps_its_verdict_and_does_not_panic() {
+    // Arrange: heads to print, and a reader that is gone before the first.
+    let app = spawn_app().await;
+    history(&app).await;
+    let url = url_of(app.db.connect_options().as_ref());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["verify", "--heads"])
+        .env("DATABASE_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tidings verify");
+
+    // Act: the pipe's reading end closes (`| head -0`).
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+
+    // Assert
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+}
+
+#[tokio::test]
 async fn a_chain_rewritten_to_its_end_verifies_again_but_its_head_changes() {
     let app = spawn_app().await;
     history(&app).await;
