@@ -24,6 +24,12 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// A body over the 2 MiB every JSON endpoint takes at most.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A body sent as something other than `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("{0}")]
     TooManyRequests(String),
     /// The path exists, the method does not; the router adds `Allow`.
@@ -60,6 +66,8 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Busy(..) | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +83,8 @@ impl AppError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge(_) => "payload-too-large",
+            Self::UnsupportedMediaType(_) => "unsupported-media-type",
             Self::TooManyRequests(_) => "too-many-streams",
             Self::MethodNotAllowed(_) => "method-not-allowed",
             Self::Busy(..) | Self::Unavailable(_) => "unavailable",
@@ -214,6 +224,14 @@ pub mod problems {
         "A concurrent request holds the same idempotency key; retry."
     );
     problem_response!(
+        PayloadTooLarge,
+        "The body is over the 2 MiB a request may carry; send fewer notifications at once."
+    );
+    problem_response!(
+        UnsupportedMediaType,
+        "The body is not sent as `Content-Type: application/json`."
+    );
+    problem_response!(
         TooManyStreams,
         "This recipient already has as many streams open here as allowed; \
          Retry-After says when to retry."
@@ -293,8 +311,9 @@ pub struct AppQuery<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(AppError))]
 pub struct AppPath<T>(pub T);
 
-/// `axum::Json`, except that a body it cannot parse becomes a problem
-/// document like every other client error.
+/// `axum::Json`, except that a body it refuses becomes a problem document
+/// like every other client error, keeping axum's status: 413 for a body
+/// over its limit (2 MiB), 415 for one not sent as JSON, 400 otherwise.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AppJson<T>(pub T);
 
@@ -308,7 +327,13 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(AppError::BadRequest(rejection.body_text())),
+            Err(rejection) => Err(match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(rejection.body_text()),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                    AppError::UnsupportedMediaType(rejection.body_text())
+                }
+                _ => AppError::BadRequest(rejection.body_text()),
+            }),
         }
     }
 }
@@ -333,6 +358,8 @@ mod tests {
             AppError::Forbidden("x".into()),
             AppError::NotFound("x".into()),
             AppError::Conflict("x".into()),
+            AppError::PayloadTooLarge("x".into()),
+            AppError::UnsupportedMediaType("x".into()),
             AppError::TooManyRequests("x".into()),
             AppError::MethodNotAllowed("x".into()),
             AppError::Busy(Busy::NotStarted, "x".into()),

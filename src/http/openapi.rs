@@ -44,6 +44,8 @@ use crate::http::state::AppState;
             problems::Forbidden,
             problems::NotFound,
             problems::Conflict,
+            problems::PayloadTooLarge,
+            problems::UnsupportedMediaType,
             problems::TooManyStreams,
             problems::Unavailable,
             super::web::NotModified,

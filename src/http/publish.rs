@@ -121,6 +121,8 @@ impl ToSchema for PublishResponse {
         (status = 401, response = problems::Unauthorized),
         (status = 403, response = problems::Forbidden),
         (status = 409, response = problems::Conflict),
+        (status = 413, response = problems::PayloadTooLarge),
+        (status = 415, response = problems::UnsupportedMediaType),
         (status = 503, response = problems::Unavailable),
     )
 )]
