@@ -193,6 +193,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), MigrationError> {
     migrated
 }
 
+/// [`require_sessions`] again, on two connections of its own: for the
+/// listener after every reconnect, as a pooler may have been switched to
+/// pooling by transaction while tidings ran.
+pub async fn check_sessions(options: PgConnectOptions) -> Result<(), MigrationError> {
+    let sessions = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(startup_a_pooler_passes(options));
+    let checked = async {
+        let mut first = sessions.acquire().await?;
+        require_sessions(&mut first, &sessions).await
+    }
+    .await;
+    sessions.close().await;
+    checked
+}
+
 async fn migrate_on(sessions: &PgPool) -> Result<(), MigrationError> {
     let mut session = sessions.acquire().await?;
     require_sessions(&mut session, sessions).await?;

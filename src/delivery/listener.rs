@@ -72,6 +72,8 @@ enum SessionEnded {
     Lost,
     #[error("no echo of our check within {0:?}: the connection is deaf")]
     Deaf(Duration),
+    #[error(transparent)]
+    NotASession(crate::db::MigrationError),
 }
 
 impl Listener {
@@ -110,15 +112,16 @@ impl Listener {
             .connect_lazy_with(self.options.clone());
         let mut listener = timeout(DB_TIMEOUT, PgListener::connect_with(&pool)).await??;
         timeout(DB_TIMEOUT, listener.listen(CHANNEL)).await??;
+        self.require_sessions().await?;
 
         self.hub.hint_everyone();
         self.leases.forget_all();
         tracing::info!("listening for hints");
 
         let mut ticks = tokio::time::interval(self.check_every);
-        ticks.tick().await; // the first tick is immediate
-                            // The first check goes out at once: the session counts as up only
-                            // once it has heard one (see `heard`).
+        // The first tick is immediate. The first check goes out at once:
+        // the session counts as up only once it has heard one (`heard`).
+        ticks.tick().await;
         let mut check = Check::default();
         check.start(&self.pool);
         loop {
@@ -138,6 +141,27 @@ impl Listener {
                     check.start(&self.pool);
                 }
             }
+        }
+    }
+
+    /// Makes sure the database connections are sessions of their own, as
+    /// at start (`db::migrate`): a pooler switched to pooling by
+    /// transaction under a running tidings lets LISTEN succeed, and may
+    /// even echo a check when it happens to hand back the same server, but
+    /// loses hints and prepared statements. Such a session never counts as
+    /// listening; the next attempt checks again.
+    async fn require_sessions(&self) -> Result<(), SessionEnded> {
+        match timeout(
+            DB_TIMEOUT * 3,
+            crate::db::check_sessions(self.options.clone()),
+        )
+        .await?
+        {
+            Ok(()) => Ok(()),
+            Err(crate::db::MigrationError::Migrate(sqlx::migrate::MigrateError::Execute(
+                error,
+            ))) => Err(error.into()),
+            Err(refused) => Err(SessionEnded::NotASession(refused)),
         }
     }
 
