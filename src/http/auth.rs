@@ -191,43 +191,43 @@ impl Caller {
     }
 }
 
-/// A caller whose token has the `publisher` role: it may name any
-/// recipient in what it publishes.
-#[derive(Debug, Clone)]
-pub struct Publisher(pub Caller);
+/// An extractor for a caller whose token has `$role`: the caller's own
+/// extraction, then the role check (403 without it).
+macro_rules! caller_with_role {
+    ($(#[$doc:meta])* $name:ident, $role:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Caller);
 
-/// A caller whose token has the `auditor` role: it may read any
-/// recipient's history.
-#[derive(Debug, Clone)]
-pub struct Auditor(pub Caller);
+        impl<S> FromRequestParts<S> for $name
+        where
+            Keys: FromRef<S>,
+            CookieOrigins: FromRef<S>,
+            S: Send + Sync,
+        {
+            type Rejection = AppError;
 
-impl<S> FromRequestParts<S> for Publisher
-where
-    Keys: FromRef<S>,
-    CookieOrigins: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.with(Role::Publisher).map(Self)
-    }
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+                let caller = Caller::from_request_parts(parts, state).await?;
+                caller.with($role).map(Self)
+            }
+        }
+    };
 }
 
-impl<S> FromRequestParts<S> for Auditor
-where
-    Keys: FromRef<S>,
-    CookieOrigins: FromRef<S>,
-    S: Send + Sync,
-{
-    type Rejection = AppError;
+caller_with_role!(
+    /// A caller whose token has the `publisher` role: it may name any
+    /// recipient in what it publishes.
+    Publisher,
+    Role::Publisher
+);
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.with(Role::Auditor).map(Self)
-    }
-}
+caller_with_role!(
+    /// A caller whose token has the `auditor` role: it may read any
+    /// recipient's history.
+    Auditor,
+    Role::Auditor
+);
 
 impl<S> FromRequestParts<S> for Caller
 where
