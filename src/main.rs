@@ -137,10 +137,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--max-streams`, or the default derived from the open-file limit
-/// (`slots::max_streams_for`, which says how), logged either way: it is
-/// the most streams this instance will serve.
+/// `--max-streams`, or the default derived from the open-file limit,
+/// raised to the hard limit first (`slots::max_streams_for` says how),
+/// logged either way: it is the most streams this instance will serve.
 fn max_streams(args: &ServeArgs) -> usize {
+    let open_files = slots::raise_open_files_limit();
     if let Some(max) = args.max_streams {
         tracing::info!(
             max_streams = max,
@@ -148,7 +149,7 @@ fn max_streams(args: &ServeArgs) -> usize {
         );
         return max;
     }
-    let Some(open_files) = slots::open_files_limit() else {
+    let Some(open_files) = open_files else {
         tracing::warn!("cannot read the open-file limit: streams are not limited (--max-streams)");
         return 0;
     };

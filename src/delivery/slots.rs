@@ -124,11 +124,16 @@ pub fn max_streams_for(open_files: u64, pool_size: u32) -> usize {
     usize::try_from(streams.max(1)).unwrap_or(usize::MAX)
 }
 
-/// The soft limit on this process's open files (`ulimit -n`), if it can
-/// be read.
-pub fn open_files_limit() -> Option<u64> {
-    use nix::sys::resource::{getrlimit, Resource};
-    getrlimit(Resource::RLIMIT_NOFILE)
-        .ok()
-        .map(|(soft, _hard)| soft)
+/// Raises the soft limit on open files to the hard one, as a server that
+/// holds a connection per client should (Go's runtime does the same): a
+/// shell's soft limit is often 1,024 while the hard one, which only an
+/// administrator sets, allows far more. Returns the soft limit now in
+/// force; a refusal leaves it as it was.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
 }

@@ -116,3 +116,57 @@ async fn max_streams_defaults_below_the_open_file_limit_with_room_for_the_rest()
     assert_eq!(max_streams_for(20, 16), 1);
     assert_eq!(max_streams_for(u64::MAX, 16), 0);
 }
+
+#[tokio::test]
+async fn a_low_soft_open_file_limit_is_raised_to_the_hard_one_at_start() {
+    // Arrange: a shell's usual soft limit under a higher hard one.
+    let database = crate::helpers::cluster::fresh_database()
+        .await
+        .expect("database");
+    let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        panic!("cannot read the open-file limit");
+    };
+    assert!(
+        hard > 1024,
+        "the test needs a hard limit above 1,024 (it is {hard})"
+    );
+
+    // Act
+    let server = crate::helpers::binary::Binary::serve_through(
+        &["prlimit", &format!("--nofile=1024:{hard}"), "--"],
+        &[("DATABASE_URL", &crate::helpers::cluster::url_of(&database))],
+    )
+    .expect("tidings");
+
+    // Assert: the limit it reports, and serves by, is the hard one.
+    let line = server
+        .lines_within(Duration::from_secs(5), |l| l.contains("open_files"))
+        .await;
+    let line = line.first().expect("the limit logged");
+    let plain = without_colours(line);
+    assert!(plain.contains(&format!("open_files={hard}")), "{line}");
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    assert!(open_files.contains(&format!("{hard}  ")), "{open_files}");
+    assert!(!open_files.contains(" 1024 "), "{open_files}");
+}
+
+/// `line` without its ANSI colour sequences (ESC, `[`, ..., `m`).
+fn without_colours(line: &str) -> String {
+    let mut plain = String::new();
+    let mut in_sequence = false;
+    for c in line.chars() {
+        match (in_sequence, c) {
+            (false, '\u{1b}') => in_sequence = true,
+            (false, c) => plain.push(c),
+            (true, 'm') => in_sequence = false,
+            (true, _) => {}
+        }
+    }
+    plain
+}

@@ -28,8 +28,26 @@ impl Binary {
     /// it would set (`TIDINGS_JWT_SECRET`, say, or `RUST_LOG` for the
     /// binary's default log filter) before `env` is applied.
     pub fn serve_without(unset: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start(&[], unset, env)
+    }
+
+    /// [`Binary::serve`] run by `wrapper` (a program that sets something
+    /// up and then executes its arguments, such as `prlimit ... --`).
+    pub fn serve_through(wrapper: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start(wrapper, &[], env)
+    }
+
+    fn start(wrapper: &[&str], unset: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         use std::io::BufRead;
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"));
+        let tidings = env!("CARGO_BIN_EXE_tidings");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(tidings);
+                command
+            }
+            None => std::process::Command::new(tidings),
+        };
         command
             .arg("serve")
             .env_remove("DATABASE_URL")
