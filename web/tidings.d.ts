@@ -73,7 +73,7 @@ export interface ConnectOptions {
   getToken?: TokenSource | null;
   /** Where tidings is (default: where tidings.js came from). */
   url?: string | URL;
-  /** How many notifications `items` holds (default 50). */
+  /** How many notifications the first load and each `loadOlder()` bring (default 50, at most 500). */
   limit?: number;
   /** `false`: this tab opens a stream of its own instead of sharing one (default true). */
   shared?: boolean;
@@ -92,8 +92,10 @@ export interface ConnectOptions {
 
 /** What `connect()` returns: the recipient's inbox, kept current by the stream. */
 export interface Feed {
-  /** Newest first, at most `limit` of them. */
+  /** Newest first: the first `limit`, and every older page loaded since. */
   items: InboxItem[];
+  /** Whether `items` reach back to the recipient's oldest notification. */
+  complete: boolean;
   /** All unread, also those beyond `limit`. */
   unreadCount: number;
   /** The highest seq applied (-1 before the first load). */
@@ -107,6 +109,8 @@ export interface Feed {
   markAllRead(): Promise<void>;
   /** Reloads the inbox (the stream stays open); resolves when it is applied. */
   refresh(): Promise<void>;
+  /** Appends the next older page to `items` (nothing once `complete`); resolves when it is applied. */
+  loadOlder(): Promise<void>;
   /** Uses `token` (for the same recipient) from now on. */
   setToken(token: string | null | undefined): void;
   /** Closes the stream, hands it to another tab, stops all timers. */
@@ -147,7 +151,7 @@ export interface TidingsBellAttributes {
   'token-url'?: string;
   /** Where tidings is (default: where tidings.js came from). */
   url?: string;
-  /** How many notifications the list holds (default 50). */
+  /** How many notifications the list loads at a time (default 50, at most 500). */
   limit?: string | number;
   /** Anchor the list at the bell's left edge (default: right edge). */
   align?: 'start';

@@ -93,6 +93,11 @@ async fn browser_pages_of_other_origins_cannot_mark_read_with_the_cookie() {
 }
 
 #[tokio::test]
+async fn browser_list_loads_all_of_history_and_says_when_everything_is_shown() {
+    run_scenario("history").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

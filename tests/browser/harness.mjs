@@ -292,6 +292,10 @@ export function bellState(page) {
       unread: Number(bell.getAttribute('unread') ?? 0),
       badge: badge.hidden ? '' : badge.textContent,
       leader: bell.feed?.leader ?? false,
+      // What the end of the list says: more to load, or everything loaded.
+      older: !root.querySelector('[part~="older"]').hidden,
+      end: root.querySelector('[part~="end"]').hidden ? '' : root.querySelector('[part~="end"]').textContent,
+      beyond: root.querySelector('[part~="beyond"]').hidden ? '' : root.querySelector('[part~="beyond"]').textContent,
       items: [...root.querySelectorAll('.item')].map((entry) => ({
         id: Number(entry.dataset.id),
         title: entry.querySelector('.title').textContent,

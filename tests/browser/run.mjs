@@ -596,6 +596,62 @@ const scenarios = {
     checkEqual(final.state, 1, 'the stream is open');
     checkNoPageErrors(page);
   },
+
+  /**
+   * 14. All of history: the list says when older notifications exist,
+   * loads them when scrolled to its end or with "Load older" (also with
+   * no IntersectionObserver, by keyboard), and says when all are loaded.
+   */
+  async history() {
+    const server = await Tidings.start();
+    const db = await database();
+    const numbered = (count) =>
+      Array.from({ length: count }, (_, n) => ({ kind: 'test.history', payload: { title: `N${n + 1}` } }));
+    const newestFirst = (count) => Array.from({ length: count }, (_, n) => `N${count - n}`);
+    await db.insertAll('hana', numbered(60));
+    await db.insertAll('hugo', numbered(130));
+    const browser = await launchBrowser();
+
+    const page = await demoPage(await browser.newContext(), server, 'hana');
+    const first = await bellUntil(page, 'the first page', (s) => s.items.length === 50);
+    checkEqual([first.unread, first.badge], [60, '60'], 'the badge counts all 60');
+    check(first.older && first.end === '', 'the list offers older ones instead of ending');
+    checkEqual(first.beyond, '10 more unread', 'the list says how many unread are not shown yet');
+    await page.click('tidings-bell >> .bell');
+    await page.evaluate(() => {
+      const scroller = document.querySelector('tidings-bell').shadowRoot.querySelector('.scroller');
+      scroller.scrollTop = scroller.scrollHeight;
+    });
+    const all = await bellUntil(page, 'scrolling to the end loads the rest', (s) => s.items.length === 60);
+    checkEqual(titles(all), newestFirst(60), 'all 60, newest first, each once');
+    check(distinct(ids(all)), 'no notification twice');
+    check(!all.older && all.beyond === '', 'nothing more is offered');
+    checkEqual(all.end, 'No older notifications', 'the list says it holds everything');
+    await db.insert('hana', 'test.history', { title: 'N61' });
+    const grown = await bellUntil(page, 'a new one on top of them all', (s) => s.items.length === 61);
+    checkEqual(titles(grown), newestFirst(61), 'a new one keeps the older pages');
+    check(!grown.older && grown.end !== '', 'still everything');
+    checkNoPageErrors(page);
+
+    // Without IntersectionObserver: the button, by keyboard.
+    const context = await browser.newContext();
+    await context.addInitScript(() => {
+      delete window.IntersectionObserver;
+    });
+    const keys = await demoPage(context, server, 'hugo');
+    await bellUntil(keys, 'the first page', (s) => s.items.length === 50 && s.older);
+    await keys.click('tidings-bell >> .bell');
+    for (const count of [100, 130]) {
+      await keys.focus('tidings-bell >> .older');
+      await keys.keyboard.press('Enter');
+      await bellUntil(keys, `${count} listed after "Load older"`, (s) => s.items.length === count);
+    }
+    const loaded = await bellState(keys);
+    checkEqual(titles(loaded), newestFirst(130), 'all 130, newest first, each once');
+    check(!loaded.older && loaded.end === 'No older notifications', 'the button gives way to the end');
+    checkEqual([loaded.unread, loaded.badge], [130, '99+'], 'the badge still counts all');
+    checkNoPageErrors(keys);
+  },
 };
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */

@@ -29,8 +29,15 @@ const TEMPLATE = `
     <button class="action refresh" part="refresh" type="button">Refresh</button>
     <button class="action mark-all" part="mark-all" type="button">Mark all read</button>
   </div>
-  <ul class="list" part="list" aria-labelledby="heading"></ul>
-  <p class="empty" part="empty">No notifications yet</p>
+  <div class="scroller" part="scroller">
+    <ul class="list" part="list" aria-labelledby="heading"></ul>
+    <p class="empty" part="empty">No notifications yet</p>
+    <div class="more" part="more">
+      <span class="beyond" part="beyond"></span>
+      <button class="action older" part="older" type="button" hidden>Load older</button>
+      <span class="end" part="end" hidden>No older notifications</span>
+    </div>
+  </div>
 </div>
 <div class="announcer sr-only" part="announcer" aria-live="polite"></div>
 `;
@@ -64,6 +71,8 @@ export class TidingsBell extends HTMLElement {
   #pendingReads = new Set();
   #ticker = 0;
   #connectQueued = false;
+  #olderInView = false;
+  #observer = null;
   #ui;
   #closeOutside = (event) => {
     if (!this.#ui.panel.hidden && !event.composedPath().includes(this)) this.#setOpen(false);
@@ -85,8 +94,13 @@ export class TidingsBell extends HTMLElement {
       status: $('.status'),
       refresh: $('.refresh'),
       markAll: $('.mark-all'),
+      scroller: $('.scroller'),
       list: $('.list'),
       empty: $('.empty'),
+      more: $('.more'),
+      beyond: $('.beyond'),
+      older: $('.older'),
+      end: $('.end'),
       announcer: $('.announcer'),
     };
     this.#wire();
@@ -135,10 +149,13 @@ export class TidingsBell extends HTMLElement {
     if (!this.#feed) this.#reconnect();
     this.#ticker = setInterval(() => this.#tick(), 30_000);
     document.addEventListener('pointerdown', this.#closeOutside);
+    this.#watchEnd();
   }
 
   disconnectedCallback() {
     clearInterval(this.#ticker);
+    this.#observer?.disconnect();
+    this.#observer = null;
     document.removeEventListener('pointerdown', this.#closeOutside);
     this.#feed?.close();
     this.#feed = null;
@@ -204,8 +221,35 @@ export class TidingsBell extends HTMLElement {
     this.dispatchEvent(new CustomEvent('tidings-error', { detail: error }));
   }
 
+  /** Scrolling to the end of the list loads the next older page. */
+  #watchEnd() {
+    if (this.#observer || !('IntersectionObserver' in globalThis)) return;
+    const { scroller, more } = this.#ui;
+    this.#observer = new IntersectionObserver(
+      (entries) => {
+        this.#olderInView = entries.at(-1).isIntersecting;
+        if (this.#olderInView) this.#loadOlder();
+      },
+      { root: scroller, rootMargin: '0px 0px 80px 0px' },
+    );
+    this.#observer.observe(more);
+  }
+
+  #loadOlder() {
+    const { feed } = this;
+    if (!feed || feed.complete || this.#ui.panel.hidden) return;
+    const before = feed.items.length;
+    feed.loadOlder().then(
+      // The end of a short page may still be in view: no new intersection
+      // would ever be reported for it.
+      () => this.#olderInView && feed.items.length > before && feed === this.feed && this.#loadOlder(),
+      (error) => this.#error(error),
+    );
+  }
+
   #wire() {
-    const { bell, refresh, markAll, list } = this.#ui;
+    const { bell, refresh, markAll, list, older } = this.#ui;
+    older.addEventListener('click', () => this.#loadOlder());
     bell.addEventListener('click', () => this.toggle());
     refresh.addEventListener('click', () => {
       if (!this.#feed) return;
@@ -294,6 +338,7 @@ export class TidingsBell extends HTMLElement {
     this.setAttribute('unread', String(feed.unreadCount));
     markAll.disabled = feed.unreadCount === 0;
     empty.hidden = feed.items.length > 0;
+    this.#footer(feed);
     this.#label();
     // Update in place and only insert new rows: a row never moves, so the
     // one with keyboard focus keeps it.
@@ -323,6 +368,18 @@ export class TidingsBell extends HTMLElement {
       if (node === cursor) cursor = cursor.nextElementSibling;
       else list.insertBefore(node, cursor);
     }
+  }
+
+  /** Says whether more exist below, and how many of them are unread. */
+  #footer(feed) {
+    const { older, end, beyond } = this.#ui;
+    const shownUnread = feed.items.filter((item) => !item.read_at).length;
+    const more = feed.position >= 0 && !feed.complete;
+    const unreadBelow = more ? Math.max(0, feed.unreadCount - shownUnread) : 0;
+    older.hidden = !more;
+    end.hidden = !feed.complete || feed.items.length === 0;
+    beyond.hidden = unreadBelow === 0;
+    beyond.textContent = unreadBelow ? `${unreadBelow} more unread` : '';
   }
 
   #row(item) {

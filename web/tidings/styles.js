@@ -76,7 +76,8 @@ button { font: inherit; color: inherit; }
 }
 .action:hover:not(:disabled) { border-color: var(--_accent); color: var(--_accent); }
 .action:disabled { opacity: 0.5; cursor: default; }
-.list { list-style: none; margin: 0; padding: 0; max-height: var(--_max-height); overflow-y: auto; }
+.scroller { max-height: var(--_max-height); overflow-y: auto; overscroll-behavior: contain; }
+.list { list-style: none; margin: 0; padding: 0; }
 .list li + li { border-top: 1px solid var(--_border); }
 .item {
   position: relative; display: grid; grid-template-columns: 10px 1fr auto; column-gap: 8px; row-gap: 2px;
@@ -96,5 +97,11 @@ button { font: inherit; color: inherit; }
 .body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
 .empty { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+.more {
+  display: flex; flex-wrap: wrap; align-items: center; justify-content: center; gap: 8px;
+  padding: 8px 12px; border-top: 1px solid var(--_border); font-size: 12px; color: var(--_muted);
+}
+.more:not(:has(> :not([hidden]))) { display: none; }
+.beyond { font-weight: 600; color: var(--_fg); }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 `;

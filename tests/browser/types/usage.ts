@@ -40,6 +40,7 @@ export async function use(id: number): Promise<void> {
   await feed.markRead(id);
   await feed.markAllRead();
   await feed.refresh();
+  while (!feed.complete) await feed.loadOlder();
   feed.setToken('renewed');
   feed.close();
   const leads: boolean = feed.leader;
