@@ -98,6 +98,11 @@ async fn browser_list_loads_all_of_history_and_says_when_everything_is_shown() {
 }
 
 #[tokio::test]
+async fn browser_failures_are_said_with_what_to_do_and_retry_recovers() {
+    run_scenario("errors").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

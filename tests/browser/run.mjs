@@ -652,6 +652,81 @@ const scenarios = {
     checkEqual([loaded.unread, loaded.badge], [130, '99+'], 'the badge still counts all');
     checkNoPageErrors(keys);
   },
+
+  /**
+   * 15. Failures are said, with what to do: a refused token, an origin
+   * tidings does not allow, a server that is down (Retry recovers), a read
+   * mark that did not stick (the row goes back to unread). "No
+   * notifications yet" only for an inbox that was loaded and is empty;
+   * Refresh is busy (aria-busy, disabled) while it loads.
+   */
+  async errors() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const open = (page) => page.click('tidings-bell >> .bell');
+
+    // A token tidings refuses, then one it accepts.
+    const refused = await openPage(await browser.newContext(), `${server.url}/?access_token=${token('eve', { secret: 'not-the-secret' })}`);
+    await open(refused);
+    const signIn = await bellUntil(refused, 'a refused token is said', (s) => s.problem !== '');
+    check(signIn.problem.includes('Sign in again'), `it says to sign in again: ${signIn.problem}`);
+    check(await refused.isVisible('tidings-bell >> .retry'), 'with a Retry button');
+    checkEqual([signIn.empty, signIn.items.length], ['', 0], 'no "No notifications yet" for an inbox never loaded');
+    await refused.evaluate((valid) => {
+      document.querySelector('tidings-bell').token = valid;
+    }, token('eve'));
+    const signedIn = await bellUntil(refused, 'the accepted token loads the inbox', (s) => s.status === 'live' && s.problem === '');
+    checkEqual(signedIn.empty, 'No notifications yet', 'an empty inbox, loaded, says so');
+    checkNoPageErrors(refused);
+
+    // A page of an origin tidings does not list (no --cors-origin).
+    const app = await hostApp(() => `<!doctype html>
+<script type="module" src="${server.url}/tidings.js"></script>
+<tidings-bell token="${token('eve')}"></tidings-bell>`);
+    const foreign = await openPage(await browser.newContext(), `${app.origin}/`);
+    await foreign.waitForFunction(() => customElements.get('tidings-bell'));
+    await open(foreign);
+    const refusedOrigin = await bellUntil(foreign, 'a refused origin is said', (s) => s.problem !== '');
+    check(refusedOrigin.problem.includes('does not allow this site'), `it names the origin refusal: ${refusedOrigin.problem}`);
+    checkEqual(refusedOrigin.empty, '', 'no "No notifications yet" for an inbox never loaded');
+
+    // tidings goes away under a loaded page.
+    await db.insert('eve', 'test.errors', { title: 'Unread one' });
+    const page = await demoPage(await browser.newContext(), server, 'eve');
+    await bellUntil(page, 'one unread', (s) => s.unread === 1);
+    await open(page);
+    await page.evaluate(() => {
+      const refresh = document.querySelector('tidings-bell').shadowRoot.querySelector('.refresh');
+      window.refreshStates = [];
+      new MutationObserver(() => {
+        window.refreshStates.push(`${refresh.getAttribute('aria-busy')} ${refresh.disabled}`);
+      }).observe(refresh, { attributes: true, attributeFilter: ['aria-busy', 'disabled'] });
+    });
+    await server.stop();
+    await page.click('tidings-bell >> .item >> text=Unread one');
+    const unmarked = await bellUntil(page, 'the failed read mark is said', (s) => s.notice !== '');
+    check(unmarked.notice.includes('“Unread one” could not be marked as read'), `it names the row: ${unmarked.notice}`);
+    checkEqual(unmarked.items.map((item) => item.unread), [true], 'the row is back to unread');
+    check(!(await page.isVisible('tidings-bell >> .item.pending')), 'and no longer shown as pending');
+
+    await page.click('tidings-bell >> .refresh');
+    const down = await bellUntil(page, 'the failed refresh is said', (s) => s.problem !== '');
+    check(down.problem.includes('could not be reached'), `it says tidings could not be reached: ${down.problem}`);
+    checkEqual(down.items.length, 1, 'the list loaded before stays');
+    await eventually('Refresh is usable again', () => page.isEnabled('tidings-bell >> .refresh'));
+    const states = await page.evaluate(() => window.refreshStates);
+    check(states.includes('true true'), `Refresh was busy and disabled while loading: ${states}`);
+    checkEqual(states.at(-1), 'false false', 'and is neither once it failed');
+
+    await server.start();
+    await page.click('tidings-bell >> .retry');
+    const recovered = await bellUntil(page, 'Retry recovers', (s) => s.problem === '' && s.status === 'live');
+    checkEqual(recovered.unread, 1, 'the unread count is as before');
+    await page.click('tidings-bell >> .item >> text=Unread one');
+    await bellUntil(page, 'marking read works again', (s) => s.unread === 0 && s.notice === '');
+    checkNoPageErrors(page);
+  },
 };
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */

@@ -29,9 +29,15 @@ const TEMPLATE = `
     <button class="action refresh" part="refresh" type="button">Refresh</button>
     <button class="action mark-all" part="mark-all" type="button">Mark all read</button>
   </div>
-  <div class="scroller" part="scroller">
+  <div class="problem" part="problem" hidden>
+    <p class="problem-text" part="problem-text"></p>
+    <button class="action retry" part="retry" type="button">Retry</button>
+  </div>
+  <p class="notice" part="notice" hidden></p>
+  <div class="scroller" part="scroller" aria-busy="true">
     <ul class="list" part="list" aria-labelledby="heading"></ul>
-    <p class="empty" part="empty">No notifications yet</p>
+    <p class="loading" part="loading">Loading…</p>
+    <p class="empty" part="empty" hidden>No notifications yet</p>
     <div class="more" part="more">
       <span class="beyond" part="beyond"></span>
       <button class="action older" part="older" type="button" hidden>Load older</button>
@@ -41,6 +47,26 @@ const TEMPLATE = `
 </div>
 <div class="announcer sr-only" part="announcer" aria-live="polite"></div>
 `;
+
+/** What went wrong, as the person at the screen can act on it. */
+const PROBLEM_TEXT = {
+  auth: 'Your sign-in has expired or was not accepted. Sign in again, then retry.',
+  unreachable:
+    'The notification server could not be reached, or does not allow this site. Check your connection, then retry.',
+  failed: 'Notifications could not be loaded. Retry in a moment.',
+  older: 'Older notifications could not be loaded. Retry in a moment.',
+};
+
+/**
+ * `auth` for a refused token (also one the host app's token-url refused),
+ * `unreachable` where fetch itself failed: offline, or a CORS refusal,
+ * which a page is not allowed to tell apart. Anything else `failed`.
+ */
+function kindOf(error) {
+  if (error instanceof TidingsError && (error.status === 401 || error.status === 403)) return 'auth';
+  if (error instanceof TypeError) return 'unreachable';
+  return 'failed';
+}
 
 const STATUS_TEXT = {
   connecting: 'Connecting…',
@@ -72,6 +98,10 @@ export class TidingsBell extends HTMLElement {
   #ticker = 0;
   #connectQueued = false;
   #olderInView = false;
+  /** Whether the inbox has been loaded: only then is an empty list "no notifications". */
+  #loaded = false;
+  /** The load problem shown, and what Retry does about it. */
+  #problem = null;
   #observer = null;
   #ui;
   #closeOutside = (event) => {
@@ -97,6 +127,11 @@ export class TidingsBell extends HTMLElement {
       scroller: $('.scroller'),
       list: $('.list'),
       empty: $('.empty'),
+      loading: $('.loading'),
+      problem: $('.problem'),
+      problemText: $('.problem-text'),
+      retry: $('.retry'),
+      notice: $('.notice'),
       more: $('.more'),
       beyond: $('.beyond'),
       older: $('.older'),
@@ -204,6 +239,8 @@ export class TidingsBell extends HTMLElement {
     const limit = Number(this.getAttribute('limit')) || undefined;
     this.#nodes.clear();
     this.#ui.list.replaceChildren();
+    this.#loaded = false;
+    this.#setBusy(true);
     this.#setStatus('connecting');
     this.#feed = connect({
       url: this.getAttribute('url') || undefined,
@@ -212,13 +249,75 @@ export class TidingsBell extends HTMLElement {
       limit,
       onChange: () => this.#render(),
       onStatus: (status) => this.#setStatus(status),
+      onInbox: () => this.#inboxLoaded(),
       onNotification: (item) => this.#announce(item),
-      onError: (error) => this.#error(error),
+      onError: (error) => this.#failed(error),
     });
+  }
+
+  #inboxLoaded() {
+    this.#loaded = true;
+    this.#setBusy(false);
+    this.#showProblem(null);
   }
 
   #error(error) {
     this.dispatchEvent(new CustomEvent('tidings-error', { detail: error }));
+  }
+
+  /** A load failed: say why and offer Retry. */
+  #failed(error, what = 'failed') {
+    this.#error(error);
+    const kind = kindOf(error);
+    this.#showProblem(PROBLEM_TEXT[kind === 'failed' ? what : kind], what === 'older' ? 'older' : 'load');
+  }
+
+  #showProblem(text, retry = 'load') {
+    const { problem, problemText } = this.#ui;
+    if (text && text !== problemText.textContent) this.#ui.announcer.textContent = text;
+    this.#problem = text ? retry : null;
+    problem.hidden = !text;
+    problemText.textContent = text ?? '';
+    this.#render();
+  }
+
+  /** What an action (a read mark) could not do; it stays until the next action or closing. */
+  #notify(text) {
+    const { notice, announcer } = this.#ui;
+    notice.hidden = !text;
+    notice.textContent = text ?? '';
+    if (text) announcer.textContent = text;
+  }
+
+  #retry() {
+    const problem = this.#problem;
+    this.#showProblem(null);
+    if (problem === 'older') this.#loadOlder();
+    // A feed that never loaded (or gave up on a refused token) starts
+    // over, asking token-url or getToken again.
+    else if (!this.#loaded || this.#feed?.status === 'offline') this.#reconnect();
+    else this.#refresh();
+  }
+
+  #refresh() {
+    const feed = this.#feed;
+    if (!feed) return;
+    this.#setBusy(true);
+    feed
+      .refresh()
+      .then(
+        () => this.#showProblem(null),
+        (error) => this.#failed(error),
+      )
+      .finally(() => this.#setBusy(false));
+  }
+
+  /** Busy while the inbox loads: Refresh cannot be pressed again meanwhile. */
+  #setBusy(busy) {
+    const { refresh, scroller } = this.#ui;
+    refresh.disabled = busy;
+    refresh.setAttribute('aria-busy', String(busy));
+    scroller.setAttribute('aria-busy', String(busy));
   }
 
   /** Scrolling to the end of the list loads the next older page. */
@@ -243,25 +342,17 @@ export class TidingsBell extends HTMLElement {
       // The end of a short page may still be in view: no new intersection
       // would ever be reported for it.
       () => this.#olderInView && feed.items.length > before && feed === this.feed && this.#loadOlder(),
-      (error) => this.#error(error),
+      (error) => this.#failed(error, 'older'),
     );
   }
 
   #wire() {
-    const { bell, refresh, markAll, list, older } = this.#ui;
+    const { bell, refresh, markAll, list, older, retry } = this.#ui;
     older.addEventListener('click', () => this.#loadOlder());
     bell.addEventListener('click', () => this.toggle());
-    refresh.addEventListener('click', () => {
-      if (!this.#feed) return;
-      refresh.disabled = true;
-      this.#feed
-        .refresh()
-        .catch((error) => this.#error(error))
-        .finally(() => {
-          refresh.disabled = false;
-        });
-    });
-    markAll.addEventListener('click', () => this.#feed?.markAllRead().catch((error) => this.#error(error)));
+    refresh.addEventListener('click', () => this.#refresh());
+    retry.addEventListener('click', () => this.#retry());
+    markAll.addEventListener('click', () => this.#markAllRead());
     list.addEventListener('click', (event) => {
       const entry = event.target.closest('.item');
       if (entry) this.#markRead(Number(entry.dataset.id));
@@ -292,6 +383,7 @@ export class TidingsBell extends HTMLElement {
   }
 
   #setOpen(open) {
+    if (!open) this.#notify(null);
     this.#ui.panel.hidden = !open;
     this.#ui.bell.setAttribute('aria-expanded', String(open));
     this.toggleAttribute('open', open);
@@ -301,16 +393,37 @@ export class TidingsBell extends HTMLElement {
   #markRead(id) {
     const item = this.#feed?.items.find((candidate) => candidate.id === id);
     if (!item || item.read_at) return;
+    this.#notify(null);
     this.#pendingReads.add(id);
     this.#render();
     this.#feed.markRead(id).catch((error) => {
+      // Back to unread, and said so: a mark that silently did not stick
+      // would come back unread on the next load.
       this.#pendingReads.delete(id);
       this.#render();
       this.#error(error);
+      this.#notify(this.#actionText(error, `“${describe(item).title}” could not be marked as read.`));
     });
   }
 
+  #markAllRead() {
+    this.#notify(null);
+    this.#feed?.markAllRead().catch((error) => {
+      this.#error(error);
+      this.#notify(this.#actionText(error, 'Could not mark all as read.'));
+    });
+  }
+
+  #actionText(error, what) {
+    const kind = kindOf(error);
+    if (kind === 'auth') return `${what} ${PROBLEM_TEXT.auth}`;
+    if (kind === 'unreachable') return `${what} The notification server could not be reached. Try again.`;
+    return `${what} Try again.`;
+  }
+
   #setStatus(status) {
+    // Streaming again: whatever failed on the way has passed.
+    if (status === 'live' && this.#problem === 'load') this.#showProblem(null);
     this.setAttribute('status', status);
     this.#ui.status.textContent = STATUS_TEXT[status] ?? status;
     this.dispatchEvent(new CustomEvent('tidings-status', { detail: status }));
@@ -331,13 +444,14 @@ export class TidingsBell extends HTMLElement {
 
   #render() {
     const feed = this.#feed;
+    const { badge, list, empty, markAll, loading } = this.#ui;
+    loading.hidden = this.#loaded || this.#problem !== null;
+    empty.hidden = !this.#loaded || !feed || feed.items.length > 0;
     if (!feed) return;
-    const { badge, list, empty, markAll } = this.#ui;
     badge.textContent = feed.unreadCount > 99 ? '99+' : String(feed.unreadCount);
     badge.hidden = feed.unreadCount === 0;
     this.setAttribute('unread', String(feed.unreadCount));
     markAll.disabled = feed.unreadCount === 0;
-    empty.hidden = feed.items.length > 0;
     this.#footer(feed);
     this.#label();
     // Update in place and only insert new rows: a row never moves, so the
@@ -374,10 +488,10 @@ export class TidingsBell extends HTMLElement {
   #footer(feed) {
     const { older, end, beyond } = this.#ui;
     const shownUnread = feed.items.filter((item) => !item.read_at).length;
-    const more = feed.position >= 0 && !feed.complete;
+    const more = this.#loaded && !feed.complete;
     const unreadBelow = more ? Math.max(0, feed.unreadCount - shownUnread) : 0;
     older.hidden = !more;
-    end.hidden = !feed.complete || feed.items.length === 0;
+    end.hidden = !this.#loaded || !feed.complete || feed.items.length === 0;
     beyond.hidden = unreadBelow === 0;
     beyond.textContent = unreadBelow ? `${unreadBelow} more unread` : '';
   }

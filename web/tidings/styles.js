@@ -14,6 +14,7 @@ export const STYLE = `
   --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 8%, var(--_bg)));
   --_badge-bg: var(--tidings-badge-bg, #dc2626);
   --_badge-fg: var(--tidings-badge-fg, #ffffff);
+  --_problem-bg: var(--tidings-problem-bg, color-mix(in srgb, #dc2626 10%, var(--_bg)));
   --_radius: var(--tidings-radius, 10px);
   --_width: var(--tidings-width, 360px);
   --_max-height: var(--tidings-max-height, 420px);
@@ -96,7 +97,14 @@ button { font: inherit; color: inherit; }
 .time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
 .body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
-.empty { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+.empty, .loading { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+.problem, .notice {
+  margin: 0; padding: 8px 12px; border-bottom: 1px solid var(--_border);
+  background: var(--_problem-bg); color: var(--_fg);
+}
+.problem { display: flex; align-items: center; gap: 8px; }
+.problem-text { margin: 0; flex: 1; }
+.retry { flex: none; }
 .more {
   display: flex; flex-wrap: wrap; align-items: center; justify-content: center; gap: 8px;
   padding: 8px 12px; border-top: 1px solid var(--_border); font-size: 12px; color: var(--_muted);
