@@ -168,11 +168,23 @@ export interface TidingsBellStateAttributes {
   open?: '';
 }
 
-/** The events `<tidings-bell>` dispatches on itself (they do not bubble). */
+/** A row of the bell's list was clicked: the notification as it was, and the link it has. */
+export interface TidingsClickDetail extends InboxItem {
+  /** The http(s) link taken from the payload, or '' for a row without one. */
+  url: string;
+}
+
+/** The events `<tidings-bell>` dispatches on itself. */
 export interface TidingsBellEventMap extends HTMLElementEventMap {
   'tidings-notification': CustomEvent<InboxItem>;
   'tidings-status': CustomEvent<FeedStatus>;
   'tidings-error': CustomEvent<unknown>;
+  /**
+   * Bubbles and is composed. `preventDefault()` keeps the bell from
+   * following the link (a router navigates instead); the row is marked
+   * read either way.
+   */
+  'tidings:click': CustomEvent<TidingsClickDetail>;
 }
 
 /**

@@ -103,6 +103,11 @@ async fn browser_failures_are_said_with_what_to_do_and_retry_recovers() {
 }
 
 #[tokio::test]
+async fn browser_row_click_is_a_cancelable_event_a_router_can_take_over() {
+    run_scenario("router").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

@@ -471,7 +471,7 @@ const scenarios = {
       found(/this\.(?:set|toggle)Attribute\('([\w-]+)'/g),
       'the attributes it sets on itself',
     );
-    checkEqual(declared.TidingsBellEventMap, found(/new CustomEvent\('([\w-]+)'/g), 'the events it dispatches');
+    checkEqual(declared.TidingsBellEventMap, found(/new CustomEvent\('([\w:-]+)'/g), 'the events it dispatches');
     checkEqual(
       declared.ConnectOptions,
       sorted([...found(/\boptions\.(\w+)/g), ...found(/this\.#on\.(\w+)/g)]),
@@ -725,6 +725,55 @@ const scenarios = {
     checkEqual(recovered.unread, 1, 'the unread count is as before');
     await page.click('tidings-bell >> .item >> text=Unread one');
     await bellUntil(page, 'marking read works again', (s) => s.unread === 0 && s.notice === '');
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 16. A click on a row is a cancelable, bubbling, composed
+   * `tidings:click` carrying the notification: a router that cancels it
+   * navigates without a page load; uncancelled, the link is followed.
+   */
+  async router() {
+    const server = await Tidings.start();
+    const db = await database();
+    await db.insert('rui', 'task.assigned', { title: 'Followed', url: '/healthz' });
+    const routed = await db.insert('rui', 'task.assigned', { title: 'Routed', url: '/tasks/7', task: 7 });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'rui');
+    await bellUntil(page, 'two unread', (s) => s.unread === 2);
+    await page.evaluate(() => {
+      window.sameDocument = true;
+      window.clicks = [];
+      document.addEventListener('tidings:click', (event) => {
+        const { bubbles, composed, cancelable, detail } = event;
+        window.clicks.push({ bubbles, composed, cancelable, detail, target: event.target.tagName });
+        if (detail.payload.task) {
+          event.preventDefault();
+          history.pushState(null, '', new URL(detail.url).pathname);
+        }
+      });
+    });
+    await page.click('tidings-bell >> .bell');
+    await page.click('tidings-bell >> .item >> text=Routed');
+    await bellUntil(page, 'the routed one is marked read', (s) => s.unread === 1);
+    const [click] = await page.evaluate(() => window.clicks);
+    checkEqual(
+      [click.bubbles, click.composed, click.cancelable, click.target],
+      [true, true, true, 'TIDINGS-BELL'],
+      'a bubbling, composed, cancelable event from the bell',
+    );
+    const { detail } = click;
+    checkEqual(
+      [detail.id, detail.seq, detail.kind, detail.payload, detail.read_at, detail.url],
+      [Number(routed.id), Number(routed.seq), 'task.assigned', { url: '/tasks/7', task: 7, title: 'Routed' }, null, `${server.url}/tasks/7`],
+      'the detail is the notification (unread when clicked; payload keys in jsonb order) and its link',
+    );
+    check(!Number.isNaN(Date.parse(detail.created_at)), 'with its creation time');
+    checkEqual(new URL(page.url()).pathname, '/tasks/7', 'the router navigated');
+    check(await page.evaluate(() => window.sameDocument === true), 'without loading a page');
+
+    await page.click('tidings-bell >> .item >> text=Followed');
+    await page.waitForURL(`${server.url}/healthz`);
     checkNoPageErrors(page);
   },
 };

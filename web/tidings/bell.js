@@ -355,7 +355,10 @@ export class TidingsBell extends HTMLElement {
     markAll.addEventListener('click', () => this.#markAllRead());
     list.addEventListener('click', (event) => {
       const entry = event.target.closest('.item');
-      if (entry) this.#markRead(Number(entry.dataset.id));
+      if (!entry) return;
+      const id = Number(entry.dataset.id);
+      if (!this.#routed(id, entry, event)) event.preventDefault();
+      this.#markRead(id);
     });
     this.addEventListener('keydown', (event) => this.#key(event));
   }
@@ -388,6 +391,20 @@ export class TidingsBell extends HTMLElement {
     this.#ui.bell.setAttribute('aria-expanded', String(open));
     this.toggleAttribute('open', open);
     if (open) this.#tick();
+  }
+
+  /**
+   * Tells the host app first (`tidings:click`, cancelable), so a
+   * single-page app can route instead of the link loading a page. A click
+   * with a modifier key (a new tab or window) is left to the browser.
+   * False when the app took it over.
+   */
+  #routed(id, entry, click) {
+    const item = this.#feed?.items.find((candidate) => candidate.id === id);
+    if (!item || click.ctrlKey || click.metaKey || click.shiftKey || click.altKey) return true;
+    const detail = { ...structuredClone(item), url: entry.href ?? '' };
+    const options = { detail, bubbles: true, composed: true, cancelable: true };
+    return this.dispatchEvent(new CustomEvent('tidings:click', options));
   }
 
   #markRead(id) {

@@ -75,6 +75,14 @@ if (bell) {
     console.log(status);
   });
   bell.addEventListener('tidings-error', (event) => console.error(event.detail));
+  bell.addEventListener('tidings:click', (event) => {
+    const { url, seq, read_at }: { url: string; seq: number; read_at: string | null } = event.detail;
+    if (url.startsWith(location.origin)) {
+      event.preventDefault();
+      history.pushState(null, '', new URL(url).pathname);
+    }
+    console.log(seq, read_at);
+  });
   // @ts-expect-error the bell has no such method
   bell.markAllRead();
 }
