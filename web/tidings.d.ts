@@ -155,6 +155,8 @@ export interface TidingsBellAttributes {
   limit?: string | number;
   /** Anchor the list at the bell's left edge (default: right edge). */
   align?: 'start';
+  /** Present: each row also shows its notification's `kind` (off by default). */
+  'show-kind'?: string | boolean;
   /** No token: rely on the `tidings_token` cookie. */
   auth?: 'cookie';
 }

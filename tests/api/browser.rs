@@ -108,6 +108,11 @@ async fn browser_row_click_is_a_cancelable_event_a_router_can_take_over() {
 }
 
 #[tokio::test]
+async fn browser_kind_line_is_shown_only_with_the_show_kind_attribute() {
+    run_scenario("kind").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

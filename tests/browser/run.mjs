@@ -463,8 +463,8 @@ const scenarios = {
     check(running.defined, 'the declared TidingsBell is the <tidings-bell> defined');
     checkEqual(
       declared.TidingsBellAttributes.filter((name) => !running.observed.includes(name)),
-      ['align'],
-      'every attribute the element observes is declared (align is read by its CSS only)',
+      ['align', 'show-kind'],
+      'every attribute the element observes is declared (align and show-kind are read by its CSS only)',
     );
     checkEqual(
       declared.TidingsBellStateAttributes,
@@ -774,6 +774,26 @@ const scenarios = {
 
     await page.click('tidings-bell >> .item >> text=Followed');
     await page.waitForURL(`${server.url}/healthz`);
+    checkNoPageErrors(page);
+  },
+
+  /** 17. The kind line (`task.assigned`) is shown only while `show-kind` is set. */
+  async kind() {
+    const server = await Tidings.start();
+    const db = await database();
+    await db.insert('kim', 'task.assigned', { title: 'Review the draft' });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'kim');
+    await bellUntil(page, 'one unread', (s) => s.unread === 1);
+    await page.click('tidings-bell >> .bell');
+    await page.waitForSelector('tidings-bell >> .item', { state: 'visible' });
+    const kindShown = () => page.isVisible('tidings-bell >> .kind');
+    check(!(await kindShown()), 'no kind line by default');
+    await page.evaluate(() => document.querySelector('tidings-bell').toggleAttribute('show-kind', true));
+    check(await kindShown(), 'show-kind shows it');
+    checkEqual(await page.textContent('tidings-bell >> .kind'), 'task.assigned', 'as the kind');
+    await page.evaluate(() => document.querySelector('tidings-bell').removeAttribute('show-kind'));
+    check(!(await kindShown()), 'and hides it again when removed');
     checkNoPageErrors(page);
   },
 };

@@ -97,6 +97,7 @@ button { font: inherit; color: inherit; }
 .time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
 .body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
+:host(:not([show-kind])) .kind { display: none; }
 .empty, .loading { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
 .problem, .notice {
   margin: 0; padding: 8px 12px; border-bottom: 1px solid var(--_border);
