@@ -113,6 +113,11 @@ async fn browser_kind_line_is_shown_only_with_the_show_kind_attribute() {
 }
 
 #[tokio::test]
+async fn browser_panel_fits_a_phone_screen_with_touch_sized_controls() {
+    run_scenario("mobile").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

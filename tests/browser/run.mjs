@@ -796,6 +796,57 @@ const scenarios = {
     check(!(await kindShown()), 'and hides it again when removed');
     checkNoPageErrors(page);
   },
+
+  /**
+   * 18. On a 360 px wide touch screen the open panel fits the viewport
+   * (anchored either way), and every control is at least 44 px tall.
+   */
+  async mobile() {
+    const server = await Tidings.start();
+    const db = await database();
+    const notifications = Array.from({ length: 60 }, (_, n) => ({
+      kind: 'test.mobile',
+      payload: { title: `A rather long title that has to wrap on a phone, number ${n + 1}`, body: 'Body text' },
+    }));
+    await db.insertAll('mia', notifications);
+    const browser = await launchBrowser();
+    const context = await browser.newContext({ viewport: { width: 360, height: 640 }, hasTouch: true, isMobile: true });
+    const page = await demoPage(context, server, 'mia');
+    check(await page.evaluate(() => matchMedia('(pointer: coarse)').matches), 'the page has a coarse pointer');
+    await bellUntil(page, 'the first page', (s) => s.items.length === 50 && s.older);
+    const geometry = () =>
+      page.evaluate(() => {
+        const root = document.querySelector('tidings-bell').shadowRoot;
+        const panel = root.querySelector('.panel').getBoundingClientRect();
+        const controls = [...root.querySelectorAll('button, a[href], [tabindex]')].map((control) => ({
+          name: `${control.className} ${control.textContent.trim().slice(0, 30)}`,
+          shown: control.getClientRects().length > 0,
+          height: control.getBoundingClientRect().height,
+          minHeight: parseFloat(getComputedStyle(control).minHeight) || 0,
+        }));
+        const page = document.documentElement;
+        return { left: panel.left, right: panel.right, viewport: page.clientWidth, scrollWidth: page.scrollWidth, controls };
+      });
+    for (const align of [null, 'start']) {
+      await page.evaluate((value) => {
+        const bell = document.querySelector('tidings-bell');
+        bell.toggle(false);
+        if (value) bell.setAttribute('align', value);
+      }, align);
+      await page.tap('tidings-bell >> .bell');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      const shape = await geometry();
+      const where = `anchored ${align ?? 'end'}`;
+      check(shape.left >= 0 && shape.right <= shape.viewport, `${where}: the panel (${shape.left}..${shape.right}) is inside the ${shape.viewport} px viewport`);
+      checkEqual(shape.scrollWidth, shape.viewport, `${where}: the page does not scroll sideways`);
+      for (const control of shape.controls) {
+        const tall = control.shown ? control.height : control.minHeight;
+        check(tall >= 44, `${where}: ${control.name} is at least 44 px tall (${tall})`);
+      }
+      check(shape.controls.filter((control) => control.shown).length >= 50, 'the rows and buttons were measured');
+    }
+    checkNoPageErrors(page);
+  },
 };
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */

@@ -189,6 +189,7 @@ export class TidingsBell extends HTMLElement {
 
   disconnectedCallback() {
     clearInterval(this.#ticker);
+    removeEventListener('resize', this.#fit);
     this.#observer?.disconnect();
     this.#observer = null;
     document.removeEventListener('pointerdown', this.#closeOutside);
@@ -390,8 +391,27 @@ export class TidingsBell extends HTMLElement {
     this.#ui.panel.hidden = !open;
     this.#ui.bell.setAttribute('aria-expanded', String(open));
     this.toggleAttribute('open', open);
+    if (open) addEventListener('resize', this.#fit);
+    else removeEventListener('resize', this.#fit);
+    this.#fit();
     if (open) this.#tick();
   }
+
+  /**
+   * Keeps the open panel inside the viewport: anchored to a bell near a
+   * narrow screen's edge, it would stick out on the other side.
+   */
+  #fit = () => {
+    const { panel } = this.#ui;
+    panel.style.translate = '';
+    if (panel.hidden) return;
+    const margin = 8;
+    const width = document.documentElement.clientWidth;
+    const { left, right } = panel.getBoundingClientRect();
+    let shift = Math.min(0, width - margin - right);
+    if (left + shift < margin) shift = margin - left;
+    if (shift) panel.style.translate = `${shift}px 0`;
+  };
 
   /**
    * Tells the host app first (`tidings:click`, cancelable), so a

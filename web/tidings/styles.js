@@ -55,7 +55,7 @@ button { font: inherit; color: inherit; }
 :host([status="reconnecting"]) .dot, :host([status="connecting"]) .dot { background: #d97706; }
 .panel {
   position: absolute; z-index: 1000; top: calc(100% + 6px); right: 0;
-  width: var(--_width); max-width: calc(100vw - 16px); box-sizing: border-box;
+  width: min(var(--_width), calc(100vw - 16px)); box-sizing: border-box;
   background: var(--_bg); color: var(--_fg); border: 1px solid var(--_border);
   border-radius: var(--_radius); box-shadow: var(--_shadow); overflow: hidden;
 }
@@ -77,7 +77,7 @@ button { font: inherit; color: inherit; }
 }
 .action:hover:not(:disabled) { border-color: var(--_accent); color: var(--_accent); }
 .action:disabled { opacity: 0.5; cursor: default; }
-.scroller { max-height: var(--_max-height); overflow-y: auto; overscroll-behavior: contain; }
+.scroller { max-height: min(var(--_max-height), 70dvh); overflow-y: auto; overscroll-behavior: contain; }
 .list { list-style: none; margin: 0; padding: 0; }
 .list li + li { border-top: 1px solid var(--_border); }
 .item {
@@ -112,5 +112,11 @@ button { font: inherit; color: inherit; }
 }
 .more:not(:has(> :not([hidden]))) { display: none; }
 .beyond { font-weight: 600; color: var(--_fg); }
+/* Fingers need bigger targets than a mouse pointer (WCAG 2.5.5: 44 px). */
+@media (pointer: coarse) {
+  .bell { width: 44px; height: 44px; }
+  .action { min-height: 44px; padding: 0 14px; font-size: 14px; }
+  .item { min-height: 44px; }
+}
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 `;
