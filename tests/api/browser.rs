@@ -118,6 +118,16 @@ async fn browser_panel_fits_a_phone_screen_with_touch_sized_controls() {
 }
 
 #[tokio::test]
+async fn browser_list_is_one_tab_stop_with_arrow_keys_and_escape_returns_to_the_bell() {
+    run_scenario("keyboard").await;
+}
+
+#[tokio::test]
+async fn browser_axe_finds_no_violations_in_the_bell_closed_or_open() {
+    run_scenario("audit").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

@@ -4,6 +4,7 @@
 // Exit status 0 = the scenario's guarantee held; any failure says which.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -221,8 +222,8 @@ const scenarios = {
       const entry = root.querySelector('.item');
       return {
         title: entry.querySelector('.title').textContent,
-        body: entry.querySelector('.body').textContent,
-        kind: entry.querySelector('.kind').textContent,
+        body: entry.closest('li').querySelector('.body').textContent,
+        kind: entry.closest('li').querySelector('.kind').textContent,
         announced: root.querySelector('.announcer').textContent,
         tag: entry.tagName,
         markup: root.querySelectorAll('.list img, .list b, .list script, .list svg, .announcer *').length,
@@ -260,7 +261,7 @@ const scenarios = {
       await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
       await page.keyboard.press('ArrowDown');
       await page.keyboard.press('ArrowDown');
-      const focused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.textContent ?? '');
+      const focused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.closest('li').textContent ?? '');
       check(focused.includes('Looks good to me'), `ArrowDown moves through the list (focused: ${focused})`);
       await page.keyboard.press('Escape');
       await page.waitForSelector('tidings-bell >> .panel', { state: 'hidden' });
@@ -846,6 +847,129 @@ const scenarios = {
       check(shape.controls.filter((control) => control.shown).length >= 50, 'the rows and buttons were measured');
     }
     checkNoPageErrors(page);
+  },
+
+  /**
+   * 19. Keyboard: the list is one Tab stop, Up/Down/Home/End move in it
+   * and it remembers where; the focus ring is drawn whole; Escape closes
+   * and returns to the bell; Tab out of the panel closes it. Each row is
+   * named by its title, state and time only.
+   */
+  async keyboard() {
+    const server = await Tidings.start();
+    const db = await database();
+    for (const title of ['First', 'Second', 'Third']) {
+      await db.insert('kai', 'test.keys', { title, body: `The body of ${title}, which is not part of the name` });
+    }
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'kai');
+    await bellUntil(page, 'three unread', (s) => s.unread === 3);
+    const focused = () =>
+      page.evaluate(() => {
+        const bell = document.querySelector('tidings-bell');
+        const inside = bell.shadowRoot.activeElement;
+        if (!inside) return { outside: document.activeElement?.tagName ?? '' };
+        return { className: inside.className, title: inside.querySelector('.title')?.textContent ?? '', open: bell.hasAttribute('open') };
+      });
+    const press = async (key) => {
+      await page.keyboard.press(key);
+      return focused();
+    };
+
+    await page.focus('tidings-bell >> .bell');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    checkEqual((await press('Tab')).className, 'action refresh', 'Tab goes to Refresh');
+    checkEqual((await press('Tab')).className, 'action mark-all', 'then to Mark all read');
+    checkEqual((await press('Tab')).title, 'Third', 'then into the list, at its first row');
+    checkEqual((await press('ArrowDown')).title, 'Second', 'ArrowDown moves down');
+    checkEqual((await press('End')).title, 'First', 'End goes to the last row');
+    checkEqual((await press('ArrowDown')).title, 'First', 'and stays there');
+    checkEqual((await press('Home')).title, 'Third', 'Home goes to the first row');
+    checkEqual((await press('ArrowUp')).title, 'Third', 'and stays there');
+    checkEqual((await press('ArrowDown')).title, 'Second', 'ArrowDown again');
+    checkEqual((await press('Shift+Tab')).className, 'action mark-all', 'Shift+Tab leaves the list');
+    checkEqual((await press('Tab')).title, 'Second', 'Tab comes back to the row it left');
+
+    const ring = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const row = root.activeElement.closest('li');
+      const style = getComputedStyle(row);
+      const grow = parseFloat(style.outlineOffset) + parseFloat(style.outlineWidth);
+      const box = row.getBoundingClientRect();
+      const clip = root.querySelector('.scroller').getBoundingClientRect();
+      return {
+        style: style.outlineStyle,
+        inside: box.left - grow >= clip.left && box.right + grow <= clip.right && box.top - grow >= clip.top && box.bottom + grow <= clip.bottom,
+      };
+    });
+    check(ring.style !== 'none', 'the focused row has a focus ring');
+    check(ring.inside, 'the ring is inside the scrolling list, not clipped by it');
+
+    const tree = await page.locator('tidings-bell').ariaSnapshot();
+    for (const title of ['First', 'Second', 'Third']) {
+      check(tree.includes(`button "${title}, unread, now"`), `the row's name is its title, state and time:\n${tree}`);
+    }
+    check(!tree.includes('which is not part of the name"'), 'the body is not in the name');
+
+    const escaped = await press('Escape');
+    checkEqual([escaped.className, escaped.open], ['bell', false], 'Escape closes the panel and returns to the bell');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    await press('Tab');
+    const fromButton = await press('Escape');
+    checkEqual([fromButton.className, fromButton.open], ['bell', false], 'also from a button in the panel');
+
+    // Something focusable after the bell, as most pages have.
+    await page.evaluate(() => document.querySelector('main').prepend(Object.assign(document.createElement('button'), { textContent: 'After' })));
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    for (let n = 0; n < 3; n++) await press('Tab');
+    const away = await press('Tab');
+    checkEqual(away.outside, 'BUTTON', 'Tab from the list leaves the bell');
+    check(!(await page.isVisible('tidings-bell >> .panel')), 'focus leaving the panel closes it');
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 20. axe-core finds no violations in the bell, closed and open, light
+   * and dark: inside its shadow root too.
+   */
+  async audit() {
+    const server = await Tidings.start();
+    const db = await database();
+    const notifications = Array.from({ length: 55 }, (_, n) => ({
+      kind: 'test.audit',
+      payload: n % 3 ? { title: `Notification ${n + 1}`, body: 'With a body', url: '/healthz' } : { amount: n, currency: 'EUR' },
+    }));
+    const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+    const browser = await launchBrowser();
+    for (const colorScheme of ['light', 'dark']) {
+      const recipient = `ada-${colorScheme}`;
+      await db.insertAll(recipient, notifications);
+      const context = await browser.newContext({ colorScheme, bypassCSP: true });
+      const page = await demoPage(context, server, recipient);
+      await bellUntil(page, 'the first page', (s) => s.items.length === 50 && s.older);
+      await page.evaluate(axeSource);
+      const audit = async (what) => {
+        const result = await page.evaluate(() => axe.run({ include: [['tidings-bell']] }, { resultTypes: ['violations', 'passes'] }));
+        const violations = result.violations.map(
+          (v) => `${v.id} (${v.impact}): ${v.help}\n    ${v.nodes.map((n) => `${JSON.stringify(n.target)} ${n.failureSummary}`).join('\n    ')}`,
+        );
+        checkEqual(violations, [], `no axe violations: ${what}, ${colorScheme}`);
+        const inShadow = result.passes.some((rule) => rule.nodes.some((node) => Array.isArray(node.target[0]) || node.target.length > 1));
+        check(inShadow, `the audit reached into the shadow root: ${what}`);
+        console.log(`${what}, ${colorScheme}: ${result.passes.length} rules passed, none violated`);
+      };
+      await audit('closed bell');
+      await page.click('tidings-bell >> .bell');
+      await page.evaluate(() => document.querySelector('tidings-bell').feed.markRead(document.querySelector('tidings-bell').feed.items[0].id));
+      await bellUntil(page, 'one read', (s) => s.items.some((item) => !item.unread));
+      await page.focus('tidings-bell >> .item >> nth=0');
+      await audit('open panel');
+      checkNoPageErrors(page);
+      await context.close();
+    }
   },
 };
 

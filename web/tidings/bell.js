@@ -362,28 +362,50 @@ export class TidingsBell extends HTMLElement {
       this.#markRead(id);
     });
     this.addEventListener('keydown', (event) => this.#key(event));
+    list.addEventListener('focusin', (event) => this.#rove(event.target.closest('.item')));
+    // Tabbing (or clicking) away from the panel closes it; focus going
+    // nowhere (another window) does not.
+    this.addEventListener('focusout', (event) => {
+      const to = event.relatedTarget;
+      if (!this.#ui.panel.hidden && to && to !== this && !this.contains(to)) this.#setOpen(false);
+    });
   }
 
   #key(event) {
-    const { bell, list } = this.#ui;
-    if (event.key === 'Escape' && !this.#ui.panel.hidden) {
+    const { bell, panel } = this.#ui;
+    if (event.key === 'Escape' && !panel.hidden) {
       event.preventDefault();
       this.#setOpen(false);
       bell.focus();
       return;
     }
-    const entries = [...list.querySelectorAll('.item')];
-    if (!entries.length || !['ArrowDown', 'ArrowUp', 'Home', 'End'].includes(event.key)) return;
-    if (this.#ui.panel.hidden) return;
-    const at = entries.indexOf(this.shadowRoot.activeElement);
+    const rovers = this.#rovers();
+    const active = this.shadowRoot.activeElement;
+    const at = rovers.indexOf(active);
+    // From the open bell's button the arrows go into the list, as in a menu.
+    const fromBell = active === bell && !panel.hidden;
+    if ((at < 0 && !fromBell) || !rovers.length) return;
+    if (!['ArrowDown', 'ArrowUp', 'Home', 'End'].includes(event.key)) return;
     const next = {
-      ArrowDown: Math.min(at + 1, entries.length - 1),
+      ArrowDown: Math.min(at + 1, rovers.length - 1),
       ArrowUp: Math.max(at - 1, 0),
       Home: 0,
-      End: entries.length - 1,
+      End: rovers.length - 1,
     }[event.key];
     event.preventDefault();
-    entries[next].focus();
+    rovers[next].focus();
+  }
+
+  /** The list's controls, in order: one Tab stop, moved between with the arrow keys. */
+  #rovers() {
+    return [...this.#ui.list.querySelectorAll('.item')];
+  }
+
+  /** Makes `target` (or the one before, or the first) the list's Tab stop. */
+  #rove(target) {
+    const rovers = this.#rovers();
+    const current = target ?? rovers.find((node) => node.tabIndex === 0) ?? rovers[0];
+    for (const node of rovers) node.tabIndex = node === current ? 0 : -1;
   }
 
   #setOpen(open) {
@@ -519,6 +541,7 @@ export class TidingsBell extends HTMLElement {
       if (node === cursor) cursor = cursor.nextElementSibling;
       else list.insertBefore(node, cursor);
     }
+    this.#rove();
   }
 
   /** Says whether more exist below, and how many of them are unread. */
@@ -533,20 +556,31 @@ export class TidingsBell extends HTMLElement {
     beyond.textContent = unreadBelow ? `${unreadBelow} more unread` : '';
   }
 
+  /**
+   * The link (or button) shows the title only and is named by the title,
+   * state and time (a name that contains what it shows, WCAG 2.5.3); the
+   * body beside it is its description. A click anywhere on the row reaches
+   * the link all the same (styles.js stretches it).
+   */
   #row(item) {
     const { title, body, url } = describe(item);
-    const li = document.createElement('li');
+    const li = element('li', 'row', 'row');
     const entry = element(url ? 'a' : 'button', 'item', 'item');
     if (url) entry.href = url;
     else entry.type = 'button';
     entry.dataset.id = String(item.id);
-    entry.append(element('span', 'state sr-only', 'state'));
+    entry.tabIndex = -1;
     const time = element('time', 'time', 'time');
     time.dateTime = item.created_at;
-    entry.append(element('span', 'title', 'title', title), time);
-    if (body) entry.append(element('span', 'body', 'body', body));
-    entry.append(element('span', 'kind', 'kind', item.kind));
-    li.append(entry);
+    entry.append(element('span', 'title', 'title', title));
+    li.append(entry, time);
+    if (body) {
+      const text = element('p', 'body', 'body', body);
+      text.id = `body-${item.id}`;
+      entry.setAttribute('aria-describedby', text.id);
+      li.append(text);
+    }
+    li.append(element('span', 'kind', 'kind', item.kind));
     li.created = item.created_at;
     return li;
   }
@@ -555,13 +589,16 @@ export class TidingsBell extends HTMLElement {
     const entry = li.firstElementChild;
     const unread = !item.read_at;
     const pending = unread && this.#pendingReads.has(item.id);
-    entry.classList.toggle('unread', unread);
-    entry.classList.toggle('pending', pending);
+    for (const node of [li, entry]) {
+      node.classList.toggle('unread', unread);
+      node.classList.toggle('pending', pending);
+    }
     entry.setAttribute('part', unread ? 'item unread' : 'item');
-    const time = entry.querySelector('.time');
+    const time = li.querySelector('.time');
     time.textContent = ago(item.created_at);
     time.title = new Date(item.created_at).toLocaleString();
-    entry.querySelector('.state').textContent = unread ? 'Unread: ' : '';
+    const title = entry.querySelector('.title').textContent;
+    entry.setAttribute('aria-label', [title, unread ? 'unread' : '', time.textContent].filter(Boolean).join(', '));
   }
 
   #tick() {

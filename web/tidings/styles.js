@@ -35,6 +35,7 @@ export const STYLE = `
 }
 button { font: inherit; color: inherit; }
 :focus-visible { outline: 2px solid var(--_accent); outline-offset: 2px; }
+
 .bell {
   position: relative; display: grid; place-items: center;
   width: 40px; height: 40px; padding: 0; border: 1px solid transparent;
@@ -80,22 +81,32 @@ button { font: inherit; color: inherit; }
 .scroller { max-height: min(var(--_max-height), 70dvh); overflow-y: auto; overscroll-behavior: contain; }
 .list { list-style: none; margin: 0; padding: 0; }
 .list li + li { border-top: 1px solid var(--_border); }
-.item {
-  position: relative; display: grid; grid-template-columns: 10px 1fr auto; column-gap: 8px; row-gap: 2px;
-  width: 100%; box-sizing: border-box; padding: 10px 12px; border: 0; background: transparent;
-  text-align: left; text-decoration: none; color: inherit; cursor: pointer;
+.row {
+  position: relative; display: grid; grid-template-columns: 10px minmax(0, 1fr) auto; column-gap: 8px; row-gap: 2px;
+  padding: 10px 12px;
 }
-.item:hover { background: color-mix(in srgb, var(--_fg) 5%, transparent); }
-.item.unread { background: var(--_unread-bg); }
-.item.unread::before {
+.row:hover { background: color-mix(in srgb, var(--_fg) 5%, transparent); }
+.row.unread { background: var(--_unread-bg); }
+.row.unread::before {
   content: ""; grid-column: 1; grid-row: 1; width: 8px; height: 8px; margin-top: 6px; border-radius: 50%;
   background: var(--_accent);
 }
-.item.pending { opacity: 0.6; }
-.title { grid-column: 2; grid-row: 1; font-weight: 600; overflow-wrap: anywhere; }
-.item:not(.unread) .title { font-weight: 500; }
+.row.pending { opacity: 0.6; }
+/* The ring goes on the row, inside it: the scrolling list would clip one
+   drawn outside. */
+.row:has(.item:focus-visible) { outline: 2px solid var(--_accent); outline-offset: -2px; }
+.item:focus-visible { outline: none; }
+.item {
+  grid-column: 2; grid-row: 1; display: block; min-width: 0;
+  padding: 0; border: 0; background: transparent; font: inherit; color: inherit;
+  text-align: start; text-decoration: none; cursor: pointer;
+}
+/* The whole row answers a click on its link; its other controls sit above. */
+.item::after { content: ""; position: absolute; inset: 0; }
+.title { font-weight: 600; overflow-wrap: anywhere; }
+.row:not(.unread) .title { font-weight: 500; }
 .time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
-.body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
+.body { grid-column: 2 / 4; margin: 0; color: var(--_muted); overflow-wrap: anywhere; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
 :host(:not([show-kind])) .kind { display: none; }
 .empty, .loading { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
@@ -116,7 +127,7 @@ button { font: inherit; color: inherit; }
 @media (pointer: coarse) {
   .bell { width: 44px; height: 44px; }
   .action { min-height: 44px; padding: 0 14px; font-size: 14px; }
-  .item { min-height: 44px; }
+  .item { min-height: 44px; display: flex; align-items: center; }
 }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 `;
