@@ -157,8 +157,52 @@ export interface TidingsBellAttributes {
   align?: 'start';
   /** Present: each row also shows its notification's `kind` (off by default). */
   'show-kind'?: string | boolean;
+  /** The language of its words (`en`, `de`, `ar` built in; default: the page's, then the browser's). */
+  lang?: string;
   /** No token: rely on the `tidings_token` cookie. */
   auth?: 'cookie';
+}
+
+/**
+ * Every word `<tidings-bell>` shows. `{count}` and `{title}` are filled in
+ * (as text); the built-in languages have all of them.
+ */
+export interface TidingsStrings {
+  heading: string;
+  /** The bell button's name: `{count}` unread. */
+  bell: string;
+  connecting: string;
+  live: string;
+  reconnecting: string;
+  offline: string;
+  refresh: string;
+  markAll: string;
+  loading: string;
+  empty: string;
+  /** The "Load older" button. */
+  older: string;
+  /** Everything is loaded. */
+  end: string;
+  /** `{count}` unread not loaded yet. */
+  beyond: string;
+  /** A row's state, in its name. */
+  unread: string;
+  /** Said by the live region: `{title}`. */
+  announce: string;
+  showMore: string;
+  showLess: string;
+  retry: string;
+  /** A refused token (401/403). */
+  auth: string;
+  /** A request the browser could not make: offline, or an origin tidings does not allow. */
+  unreachable: string;
+  failed: string;
+  olderFailed: string;
+  /** `{title}` could not be marked read. */
+  readFailed: string;
+  markAllFailed: string;
+  actionUnreachable: string;
+  tryAgain: string;
 }
 
 /** The attributes `<tidings-bell>` sets on itself, for CSS and tests. */
@@ -202,6 +246,9 @@ export declare class TidingsBell extends HTMLElement {
   /** Called at start and whenever the token expires; takes precedence over `token-url`. */
   get getToken(): TokenSource | null;
   set getToken(source: TokenSource | null | undefined);
+  /** Every word it shows, in its language; setting replaces some or all of them. */
+  get strings(): TidingsStrings;
+  set strings(value: Partial<TidingsStrings> | null | undefined);
   /** The feed behind the bell, once it has a token (or `auth="cookie"`). */
   get feed(): Feed | null;
   /** Opens or closes the list (toggles without an argument). */

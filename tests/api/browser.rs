@@ -128,6 +128,11 @@ async fn browser_axe_finds_no_violations_in_the_bell_closed_or_open() {
 }
 
 #[tokio::test]
+async fn browser_speaks_the_pages_language_and_cuts_text_between_whole_characters() {
+    run_scenario("languages").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

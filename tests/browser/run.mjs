@@ -940,7 +940,7 @@ const scenarios = {
     const db = await database();
     const notifications = Array.from({ length: 55 }, (_, n) => ({
       kind: 'test.audit',
-      payload: n % 3 ? { title: `Notification ${n + 1}`, body: 'With a body', url: '/healthz' } : { amount: n, currency: 'EUR' },
+      payload: n % 3 ? { title: `Notification ${n + 1}`, body: 'With a body. '.repeat(n), url: '/healthz' } : { amount: n, currency: 'EUR' },
     }));
     const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
     const browser = await launchBrowser();
@@ -966,10 +966,117 @@ const scenarios = {
       await page.evaluate(() => document.querySelector('tidings-bell').feed.markRead(document.querySelector('tidings-bell').feed.items[0].id));
       await bellUntil(page, 'one read', (s) => s.items.some((item) => !item.unread));
       await page.focus('tidings-bell >> .item >> nth=0');
+      check(await page.isVisible('tidings-bell >> .expand >> nth=0'), 'a long body offers to show more');
       await audit('open panel');
+      await page.evaluate(() => document.querySelector('tidings-bell').setAttribute('lang', 'ar'));
+      await audit('open panel in Arabic');
       checkNoPageErrors(page);
       await context.close();
     }
+  },
+
+  /**
+   * 21. Languages: the words follow `lang` (German, Arabic written right to
+   * left) or the page's language, `strings` replaces any of them, payload
+   * text finds its own direction, a cut never splits an emoji, and a long
+   * body can be read in full.
+   */
+  async languages() {
+    const server = await Tidings.start();
+    const db = await database();
+    const family = '👨‍👩‍👧‍👦';
+    const flags = '🇩🇪🇸🇦'.repeat(150);
+    await db.insert('lea', 'test.lang', { title: 'مرحبا بالعالم', body: 'نص عربي' });
+    await db.insert('lea', 'test.lang', { title: family.repeat(200), body: flags });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'lea');
+    await bellUntil(page, 'two unread', (s) => s.unread === 2);
+    await page.click('tidings-bell >> .bell');
+    const words = () =>
+      page.evaluate(() => {
+        const bell = document.querySelector('tidings-bell');
+        const root = bell.shadowRoot;
+        const text = (selector) => root.querySelector(selector).textContent;
+        return {
+          heading: text('.heading'),
+          refresh: text('.refresh'),
+          status: text('.status'),
+          bell: root.querySelector('.bell').getAttribute('aria-label'),
+          row: root.querySelector('.item').getAttribute('aria-label'),
+          time: text('.time'),
+          dir: root.querySelector('.panel').dir,
+          lang: root.querySelector('.panel').lang,
+        };
+      });
+    const english = await words();
+    checkEqual([english.heading, english.refresh, english.dir], ['Notifications', 'Refresh', 'ltr'], 'English on an English page');
+
+    await page.evaluate(() => document.querySelector('tidings-bell').setAttribute('lang', 'de'));
+    const german = await words();
+    checkEqual(
+      [german.heading, german.refresh, german.status, german.bell, german.time, german.dir],
+      ['Benachrichtigungen', 'Aktualisieren', 'Live', 'Benachrichtigungen, 2 ungelesen', 'jetzt', 'ltr'],
+      'German from lang="de"',
+    );
+    check(german.row.endsWith(', ungelesen, jetzt'), `a row's name in German: ${german.row}`);
+
+    await page.evaluate(() => {
+      document.querySelector('tidings-bell').removeAttribute('lang');
+      document.documentElement.lang = 'ar';
+    });
+    const arabic = await words();
+    checkEqual(
+      [arabic.heading, arabic.refresh, arabic.dir, arabic.lang],
+      ['الإشعارات', 'تحديث', 'rtl', 'ar'],
+      "Arabic, right to left, from the page's language",
+    );
+    const shape = await page.evaluate(() => {
+      const panel = document.querySelector('tidings-bell').shadowRoot.querySelector('.panel').getBoundingClientRect();
+      return { left: panel.left, right: panel.right, width: document.documentElement.clientWidth };
+    });
+    check(shape.left >= 0 && shape.right <= shape.width, 'the right-to-left panel stays in the viewport');
+
+    await page.evaluate(() => {
+      document.querySelector('tidings-bell').strings = { heading: 'صندوق الوارد', refresh: 'Reload' };
+    });
+    const replaced = await words();
+    checkEqual([replaced.heading, replaced.refresh, replaced.status], ['صندوق الوارد', 'Reload', 'مباشر'], 'strings replaces the words given, the rest stay');
+    await page.evaluate(() => {
+      document.documentElement.lang = 'en';
+      document.querySelector('tidings-bell').strings = null;
+    });
+    checkEqual((await words()).heading, 'Notifications', 'and back to English');
+
+    const shown = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const rows = [...root.querySelectorAll('.row')];
+      return rows.map((row) => ({
+        title: row.querySelector('.title').textContent,
+        titleDir: row.querySelector('.title').dir,
+        body: row.querySelector('.body').textContent,
+        bodyDir: row.querySelector('.body').dir,
+        expand: row.querySelector('.expand')?.textContent ?? null,
+      }));
+    });
+    checkEqual(shown.map((row) => [row.titleDir, row.bodyDir]), [['auto', 'auto'], ['auto', 'auto']], 'titles and bodies have dir="auto"');
+    const segments = (text) => [...new Intl.Segmenter('en', { granularity: 'grapheme' }).segment(text)].map((s) => s.segment);
+    const cutTitle = segments(shown[0].title);
+    checkEqual(cutTitle.at(-1), '…', 'a long title is cut');
+    check(cutTitle.slice(0, -1).every((segment) => segment === family), 'between whole emoji (no family split)');
+    const cutBody = segments(shown[0].body);
+    check(cutBody.at(-1) === '…' && cutBody.slice(0, -1).every((flag) => ['🇩🇪', '🇸🇦'].includes(flag)), 'a long body is cut between whole flags');
+    checkEqual(shown[0].expand, 'Show more', 'with a button to read it all');
+    checkEqual(shown[1].expand, null, 'a short body has none');
+
+    await page.click('tidings-bell >> .expand');
+    const expanded = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const expand = root.querySelector('.expand');
+      return { body: root.querySelector('.body').textContent, state: expand.getAttribute('aria-expanded'), text: expand.textContent };
+    });
+    checkEqual(expanded, { body: flags, state: 'true', text: 'Show less' }, 'the whole body, once expanded');
+    checkEqual((await bellState(page)).unread, 2, 'expanding is not reading: nothing marked read');
+    checkNoPageErrors(page);
   },
 };
 

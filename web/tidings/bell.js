@@ -11,7 +11,7 @@
 
 import { connect } from '../tidings.js';
 import { TidingsError, claimsOf } from './feed.js';
-import { ago, describe } from './format.js';
+import { STRINGS, ago, clip, content, describe, fill, language } from './format.js';
 import { STYLE } from './styles.js';
 
 const TEMPLATE = `
@@ -22,40 +22,34 @@ const TEMPLATE = `
 </button>
 <div class="panel" part="panel" id="panel" role="region" aria-labelledby="heading" hidden>
   <div class="header" part="header">
-    <h2 class="heading" id="heading">Notifications</h2>
+    <h2 class="heading" id="heading" data-text="heading"></h2>
     <span class="status" part="status"></span>
   </div>
   <div class="actions" part="actions">
-    <button class="action refresh" part="refresh" type="button">Refresh</button>
-    <button class="action mark-all" part="mark-all" type="button">Mark all read</button>
+    <button class="action refresh" part="refresh" type="button" data-text="refresh"></button>
+    <button class="action mark-all" part="mark-all" type="button" data-text="markAll"></button>
   </div>
   <div class="problem" part="problem" hidden>
     <p class="problem-text" part="problem-text"></p>
-    <button class="action retry" part="retry" type="button">Retry</button>
+    <button class="action retry" part="retry" type="button" data-text="retry"></button>
   </div>
   <p class="notice" part="notice" hidden></p>
   <div class="scroller" part="scroller" aria-busy="true">
     <ul class="list" part="list" aria-labelledby="heading"></ul>
-    <p class="loading" part="loading">Loading…</p>
-    <p class="empty" part="empty" hidden>No notifications yet</p>
+    <p class="loading" part="loading" data-text="loading"></p>
+    <p class="empty" part="empty" data-text="empty" hidden></p>
     <div class="more" part="more">
       <span class="beyond" part="beyond"></span>
-      <button class="action older" part="older" type="button" hidden>Load older</button>
-      <span class="end" part="end" hidden>No older notifications</span>
+      <button class="action older" part="older" type="button" data-text="older" hidden></button>
+      <span class="end" part="end" data-text="end" hidden></span>
     </div>
   </div>
 </div>
 <div class="announcer sr-only" part="announcer" aria-live="polite"></div>
 `;
 
-/** What went wrong, as the person at the screen can act on it. */
-const PROBLEM_TEXT = {
-  auth: 'Your sign-in has expired or was not accepted. Sign in again, then retry.',
-  unreachable:
-    'The notification server could not be reached, or does not allow this site. Check your connection, then retry.',
-  failed: 'Notifications could not be loaded. Retry in a moment.',
-  older: 'Older notifications could not be loaded. Retry in a moment.',
-};
+/** How much of a long body a row shows until it is expanded. */
+const BODY_PREVIEW = 200;
 
 /**
  * `auth` for a refused token (also one the host app's token-url refused),
@@ -67,13 +61,6 @@ function kindOf(error) {
   if (error instanceof TypeError) return 'unreachable';
   return 'failed';
 }
-
-const STATUS_TEXT = {
-  connecting: 'Connecting…',
-  live: 'Live',
-  reconnecting: 'Reconnecting…',
-  offline: 'Offline',
-};
 
 function element(tag, className, part, text) {
   const node = document.createElement(tag);
@@ -88,7 +75,7 @@ function element(tag, className, part, text) {
  * property): a bell with the unread count, opening the inbox.
  */
 export class TidingsBell extends HTMLElement {
-  static observedAttributes = ['token', 'token-url', 'url', 'limit', 'auth'];
+  static observedAttributes = ['token', 'token-url', 'url', 'limit', 'auth', 'lang'];
 
   #feed = null;
   #token = null;
@@ -100,8 +87,14 @@ export class TidingsBell extends HTMLElement {
   #olderInView = false;
   /** Whether the inbox has been loaded: only then is an empty list "no notifications". */
   #loaded = false;
-  /** The load problem shown, and what Retry does about it. */
+  /** The load problem shown (`{ text, retry }`: what it says, what Retry does), or null. */
   #problem = null;
+  /** What the last failed action says, or null. */
+  #notice = null;
+  #overrides = {};
+  #words = STRINGS.en;
+  #language = language('en');
+  #langObserver = null;
   #observer = null;
   #ui;
   #closeOutside = (event) => {
@@ -166,6 +159,19 @@ export class TidingsBell extends HTMLElement {
     if (!this.#feed) this.#reconnect();
   }
 
+  /**
+   * Every word the element shows, in its language (the `lang` attribute,
+   * else the closest `lang` above it, else the browser's). Setting it
+   * replaces some or all of them: `{ heading: 'Inbox' }`.
+   */
+  get strings() {
+    return { ...this.#words };
+  }
+  set strings(value) {
+    this.#overrides = value && typeof value === 'object' ? { ...value } : {};
+    this.#speak();
+  }
+
   /** The feed behind the bell (`items`, `unreadCount`, `markRead`, ...). */
   get feed() {
     return this.#feed;
@@ -173,7 +179,7 @@ export class TidingsBell extends HTMLElement {
 
   connectedCallback() {
     // A framework may have set properties before this class was defined.
-    for (const name of ['token', 'getToken']) {
+    for (const name of ['token', 'getToken', 'strings']) {
       if (Object.hasOwn(this, name)) {
         const value = this[name];
         delete this[name];
@@ -185,6 +191,10 @@ export class TidingsBell extends HTMLElement {
     this.#ticker = setInterval(() => this.#tick(), 30_000);
     document.addEventListener('pointerdown', this.#closeOutside);
     this.#watchEnd();
+    // Apps that switch language at run time change <html lang>.
+    this.#langObserver = new MutationObserver(() => this.#speak());
+    this.#langObserver.observe(document.documentElement, { attributes: true, attributeFilter: ['lang'] });
+    this.#speak();
   }
 
   disconnectedCallback() {
@@ -192,6 +202,7 @@ export class TidingsBell extends HTMLElement {
     removeEventListener('resize', this.#fit);
     this.#observer?.disconnect();
     this.#observer = null;
+    this.#langObserver?.disconnect();
     document.removeEventListener('pointerdown', this.#closeOutside);
     this.#feed?.close();
     this.#feed = null;
@@ -201,12 +212,34 @@ export class TidingsBell extends HTMLElement {
   attributeChangedCallback(name, old, value) {
     if (old === value) return;
     if (name === 'token') this.token = value;
+    else if (name === 'lang') this.#speak();
     else this.#reconnect();
   }
 
   /** Opens or closes the list. */
   toggle(open = this.#ui.panel.hidden) {
     this.#setOpen(open);
+  }
+
+  /** `key`'s words in the element's language, `{name}`s filled in. */
+  #t(key, values) {
+    return fill(this.#words[key] ?? STRINGS.en[key] ?? key, values);
+  }
+
+  /** Takes up the current language and strings, and says everything again in them. */
+  #speak() {
+    const tag = this.closest('[lang]')?.getAttribute('lang') || document.documentElement.lang || navigator.language;
+    this.#language = language(tag);
+    this.#words = { ...STRINGS[this.#language.base], ...this.#overrides };
+    const { bell, panel, announcer } = this.#ui;
+    for (const node of [bell, panel, announcer]) node.lang = this.#language.locale;
+    panel.dir = this.#language.dir;
+    for (const node of this.shadowRoot.querySelectorAll('[data-text]')) node.textContent = this.#t(node.dataset.text);
+    this.#showProblem(this.#problem);
+    this.#notify(this.#notice);
+    this.#setStatus(this.getAttribute('status') || 'connecting', { quiet: true });
+    for (const node of this.#nodes.values()) node.querySelector('.expand')?.replaceChildren(this.#expandText(node));
+    this.#tick(true);
   }
 
   /** (Re)connects once the current task's attribute and property changes are all in. */
@@ -270,28 +303,33 @@ export class TidingsBell extends HTMLElement {
   #failed(error, what = 'failed') {
     this.#error(error);
     const kind = kindOf(error);
-    this.#showProblem(PROBLEM_TEXT[kind === 'failed' ? what : kind], what === 'older' ? 'older' : 'load');
+    const key = kind === 'failed' ? what : kind;
+    this.#showProblem({ text: () => this.#t(key), retry: what === 'olderFailed' ? 'older' : 'load' });
   }
 
-  #showProblem(text, retry = 'load') {
-    const { problem, problemText } = this.#ui;
-    if (text && text !== problemText.textContent) this.#ui.announcer.textContent = text;
-    this.#problem = text ? retry : null;
-    problem.hidden = !text;
-    problemText.textContent = text ?? '';
+  /** Shows `problem` (or nothing, for null); announces it when it says something new. */
+  #showProblem(problem) {
+    const { problem: box, problemText, announcer } = this.#ui;
+    const text = problem?.text() ?? '';
+    if (text && text !== problemText.textContent) announcer.textContent = text;
+    this.#problem = problem;
+    box.hidden = !text;
+    problemText.textContent = text;
     this.#render();
   }
 
   /** What an action (a read mark) could not do; it stays until the next action or closing. */
-  #notify(text) {
-    const { notice, announcer } = this.#ui;
-    notice.hidden = !text;
-    notice.textContent = text ?? '';
-    if (text) announcer.textContent = text;
+  #notify(notice) {
+    const { notice: box, announcer } = this.#ui;
+    const text = notice?.() ?? '';
+    if (text && text !== box.textContent) announcer.textContent = text;
+    this.#notice = notice;
+    box.hidden = !text;
+    box.textContent = text;
   }
 
   #retry() {
-    const problem = this.#problem;
+    const problem = this.#problem?.retry;
     this.#showProblem(null);
     if (problem === 'older') this.#loadOlder();
     // A feed that never loaded (or gave up on a refused token) starts
@@ -343,7 +381,7 @@ export class TidingsBell extends HTMLElement {
       // The end of a short page may still be in view: no new intersection
       // would ever be reported for it.
       () => this.#olderInView && feed.items.length > before && feed === this.feed && this.#loadOlder(),
-      (error) => this.#failed(error, 'older'),
+      (error) => this.#failed(error, 'olderFailed'),
     );
   }
 
@@ -355,6 +393,11 @@ export class TidingsBell extends HTMLElement {
     retry.addEventListener('click', () => this.#retry());
     markAll.addEventListener('click', () => this.#markAllRead());
     list.addEventListener('click', (event) => {
+      const expand = event.target.closest('.expand');
+      if (expand) {
+        this.#toggleBody(expand.closest('li'));
+        return;
+      }
       const entry = event.target.closest('.item');
       if (!entry) return;
       const id = Number(entry.dataset.id);
@@ -362,7 +405,7 @@ export class TidingsBell extends HTMLElement {
       this.#markRead(id);
     });
     this.addEventListener('keydown', (event) => this.#key(event));
-    list.addEventListener('focusin', (event) => this.#rove(event.target.closest('.item')));
+    list.addEventListener('focusin', (event) => this.#rove(event.target.closest('.item, .expand')));
     // Tabbing (or clicking) away from the panel closes it; focus going
     // nowhere (another window) does not.
     this.addEventListener('focusout', (event) => {
@@ -398,7 +441,7 @@ export class TidingsBell extends HTMLElement {
 
   /** The list's controls, in order: one Tab stop, moved between with the arrow keys. */
   #rovers() {
-    return [...this.#ui.list.querySelectorAll('.item')];
+    return [...this.#ui.list.querySelectorAll('.item, .expand')];
   }
 
   /** Makes `target` (or the one before, or the first) the list's Tab stop. */
@@ -461,7 +504,8 @@ export class TidingsBell extends HTMLElement {
       this.#pendingReads.delete(id);
       this.#render();
       this.#error(error);
-      this.#notify(this.#actionText(error, `“${describe(item).title}” could not be marked as read.`));
+      const { title } = describe(item);
+      this.#notify(() => this.#actionText(error, this.#t('readFailed', { title })));
     });
   }
 
@@ -469,36 +513,36 @@ export class TidingsBell extends HTMLElement {
     this.#notify(null);
     this.#feed?.markAllRead().catch((error) => {
       this.#error(error);
-      this.#notify(this.#actionText(error, 'Could not mark all as read.'));
+      this.#notify(() => this.#actionText(error, this.#t('markAllFailed')));
     });
   }
 
   #actionText(error, what) {
     const kind = kindOf(error);
-    if (kind === 'auth') return `${what} ${PROBLEM_TEXT.auth}`;
-    if (kind === 'unreachable') return `${what} The notification server could not be reached. Try again.`;
-    return `${what} Try again.`;
+    if (kind === 'auth') return `${what} ${this.#t('auth')}`;
+    if (kind === 'unreachable') return `${what} ${this.#t('actionUnreachable')}`;
+    return `${what} ${this.#t('tryAgain')}`;
   }
 
-  #setStatus(status) {
+  #setStatus(status, { quiet = false } = {}) {
     // Streaming again: whatever failed on the way has passed.
-    if (status === 'live' && this.#problem === 'load') this.#showProblem(null);
+    if (status === 'live' && this.#problem?.retry === 'load') this.#showProblem(null);
+    this.#ui.status.textContent = this.#t(status);
+    this.#label(status);
+    if (quiet) return;
     this.setAttribute('status', status);
-    this.#ui.status.textContent = STATUS_TEXT[status] ?? status;
     this.dispatchEvent(new CustomEvent('tidings-status', { detail: status }));
-    this.#label();
   }
 
   #announce(item) {
-    this.#ui.announcer.textContent = `New notification: ${describe(item).title}`;
+    this.#ui.announcer.textContent = this.#t('announce', { title: describe(item).title });
     this.dispatchEvent(new CustomEvent('tidings-notification', { detail: item }));
   }
 
-  #label() {
-    const unread = this.#feed?.unreadCount ?? 0;
-    const status = this.getAttribute('status');
-    const state = status && status !== 'live' ? `, ${STATUS_TEXT[status] ?? status}` : '';
-    this.#ui.bell.setAttribute('aria-label', `Notifications, ${unread} unread${state}`);
+  #label(status = this.getAttribute('status')) {
+    const count = this.#feed?.unreadCount ?? 0;
+    const state = status && status !== 'live' ? `, ${this.#t(status)}` : '';
+    this.#ui.bell.setAttribute('aria-label', `${this.#t('bell', { count })}${state}`);
   }
 
   #render() {
@@ -553,7 +597,7 @@ export class TidingsBell extends HTMLElement {
     older.hidden = !more;
     end.hidden = !this.#loaded || !feed.complete || feed.items.length === 0;
     beyond.hidden = unreadBelow === 0;
-    beyond.textContent = unreadBelow ? `${unreadBelow} more unread` : '';
+    beyond.textContent = unreadBelow ? this.#t('beyond', { count: unreadBelow }) : '';
   }
 
   /**
@@ -563,7 +607,7 @@ export class TidingsBell extends HTMLElement {
    * the link all the same (styles.js stretches it).
    */
   #row(item) {
-    const { title, body, url } = describe(item);
+    const { title, body, url } = content(item);
     const li = element('li', 'row', 'row');
     const entry = element(url ? 'a' : 'button', 'item', 'item');
     if (url) entry.href = url;
@@ -572,17 +616,43 @@ export class TidingsBell extends HTMLElement {
     entry.tabIndex = -1;
     const time = element('time', 'time', 'time');
     time.dateTime = item.created_at;
-    entry.append(element('span', 'title', 'title', title));
+    // Payload text may be in any script: each paragraph finds its own direction.
+    entry.append(element('span', 'title', 'title', clip(title, 140)));
+    entry.firstChild.dir = 'auto';
     li.append(entry, time);
-    if (body) {
-      const text = element('p', 'body', 'body', body);
-      text.id = `body-${item.id}`;
-      entry.setAttribute('aria-describedby', text.id);
-      li.append(text);
-    }
+    if (body) li.append(...this.#body(li, entry, item.id, body));
     li.append(element('span', 'kind', 'kind', item.kind));
     li.created = item.created_at;
     return li;
+  }
+
+  /** The body, shortened when long, with a button that shows it in full. */
+  #body(li, entry, id, body) {
+    const text = element('p', 'body', 'body', clip(body, BODY_PREVIEW));
+    text.id = `body-${id}`;
+    text.dir = 'auto';
+    entry.setAttribute('aria-describedby', text.id);
+    if (text.textContent === body) return [text];
+    li.full = body;
+    const expand = element('button', 'action expand', 'expand');
+    expand.type = 'button';
+    expand.tabIndex = -1;
+    expand.setAttribute('aria-expanded', 'false');
+    expand.setAttribute('aria-controls', text.id);
+    expand.append(this.#expandText(li));
+    return [text, expand];
+  }
+
+  #expandText(li) {
+    return this.#t(li.classList.contains('expanded') ? 'showLess' : 'showMore');
+  }
+
+  #toggleBody(li) {
+    const expanded = li.classList.toggle('expanded');
+    li.querySelector('.body').textContent = expanded ? li.full : clip(li.full, BODY_PREVIEW);
+    const expand = li.querySelector('.expand');
+    expand.setAttribute('aria-expanded', String(expanded));
+    expand.textContent = this.#expandText(li);
   }
 
   #update(li, item) {
@@ -595,14 +665,16 @@ export class TidingsBell extends HTMLElement {
     }
     entry.setAttribute('part', unread ? 'item unread' : 'item');
     const time = li.querySelector('.time');
-    time.textContent = ago(item.created_at);
-    time.title = new Date(item.created_at).toLocaleString();
+    const { locale } = this.#language;
+    time.textContent = ago(item.created_at, locale);
+    time.title = new Date(item.created_at).toLocaleString(locale);
     const title = entry.querySelector('.title').textContent;
-    entry.setAttribute('aria-label', [title, unread ? 'unread' : '', time.textContent].filter(Boolean).join(', '));
+    const state = unread ? this.#t('unread') : '';
+    entry.setAttribute('aria-label', [title, state, time.textContent].filter(Boolean).join(', '));
   }
 
-  #tick() {
-    if (this.#ui.panel.hidden) return;
+  #tick(always = false) {
+    if (this.#ui.panel.hidden && !always) return;
     for (const [id, node] of this.#nodes) {
       const item = this.#feed?.items.find((candidate) => candidate.id === id);
       if (item) this.#update(node, item);

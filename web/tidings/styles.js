@@ -15,6 +15,7 @@ export const STYLE = `
   --_badge-bg: var(--tidings-badge-bg, #dc2626);
   --_badge-fg: var(--tidings-badge-fg, #ffffff);
   --_problem-bg: var(--tidings-problem-bg, color-mix(in srgb, #dc2626 10%, var(--_bg)));
+  --_link: var(--tidings-link, var(--_accent));
   --_radius: var(--tidings-radius, 10px);
   --_width: var(--tidings-width, 360px);
   --_max-height: var(--tidings-max-height, 420px);
@@ -31,6 +32,8 @@ export const STYLE = `
     --_muted: var(--tidings-muted, #9198a1);
     --_border: var(--tidings-border, #3d444d);
     --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 16%, var(--_bg)));
+    /* The accent itself is too dark to read on a dark background. */
+    --_link: var(--tidings-link, color-mix(in srgb, var(--_accent) 55%, white));
   }
 }
 button { font: inherit; color: inherit; }
@@ -107,6 +110,11 @@ button { font: inherit; color: inherit; }
 .row:not(.unread) .title { font-weight: 500; }
 .time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
 .body { grid-column: 2 / 4; margin: 0; color: var(--_muted); overflow-wrap: anywhere; }
+.expand {
+  grid-column: 2 / 4; justify-self: start; position: relative; z-index: 1;
+  border: 0; padding: 0; background: transparent; color: var(--_link); font-size: 12px;
+}
+.expand:hover:not(:disabled) { text-decoration: underline; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
 :host(:not([show-kind])) .kind { display: none; }
 .empty, .loading { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }

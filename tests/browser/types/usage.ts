@@ -66,6 +66,11 @@ if (bell) {
   bell.token = token;
   bell.token = null;
   const current: string | null = bell.token;
+  bell.strings = { heading: 'Inbox', beyond: '{count} more' };
+  const heading: string = bell.strings.heading;
+  console.log(heading);
+  // @ts-expect-error no such word
+  bell.strings = { headline: 'Inbox' };
   bell.toggle();
   bell.toggle(false);
   console.log(current, bell.feed?.unreadCount);
