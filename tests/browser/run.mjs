@@ -240,7 +240,11 @@ const scenarios = {
     checkNoPageErrors(page);
   },
 
-  /** 6. The open bell, reached by keyboard, as a picture (test artifact). */
+  /**
+   * 6. The open bell, reached by keyboard, as a picture (test artifacts),
+   * and the open panel on a phone (360 px) and a desktop (1280 px), light
+   * and dark.
+   */
   async screenshot() {
     const server = await Tidings.start();
     const db = await database();
@@ -281,6 +285,7 @@ const scenarios = {
       checkNoPageErrors(page);
       await context.close();
     }
+    shots.push(...(await panelPictures(browser, server, db)));
     for (const file of shots) {
       const colours = distinctColours(readFileSync(file));
       console.log(`${file}: ${colours} distinct colours`);
@@ -1079,6 +1084,36 @@ const scenarios = {
     checkNoPageErrors(page);
   },
 };
+
+/** The open panel at 360 and 1280 px wide, light and dark: the files written. */
+async function panelPictures(browser, server, db) {
+  const files = [];
+  for (const colorScheme of ['light', 'dark']) {
+    const recipient = `pia-${colorScheme}`;
+    await db.insertAll(recipient, [
+      { kind: 'deploy.finished', payload: { service: 'api', version: '2.4.1' } },
+      { kind: 'comment.created', payload: { title: 'Lena commented on “Q3 plan”', body: 'Looks good to me. One question on the hiring numbers before we ship it. '.repeat(4), url: '/plans/q3' } },
+      { kind: 'invoice.paid', payload: { title: 'Invoice #1042 paid', body: '€ 420.00 from ACME Ltd.', url: '/invoices/1042' } },
+      { kind: 'task.assigned', payload: { title: 'You were assigned “Review the draft” 📝', url: '/tasks/7' } },
+    ]);
+    for (const width of [360, 1280]) {
+      const context = await browser.newContext({ viewport: { width, height: 640 }, colorScheme });
+      const page = await demoPage(context, server, recipient);
+      await bellUntil(page, 'four listed', (s) => s.items.length === 4);
+      if (width === 360) await page.evaluate(() => document.querySelector('tidings-bell').feed.markRead(document.querySelector('tidings-bell').feed.items.at(-1).id));
+      await bellUntil(page, 'the oldest read on the phone', (s) => width !== 360 || !s.items.at(-1).unread);
+      await page.click('tidings-bell >> .bell');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      await page.mouse.move(0, 0);
+      const file = path.join(ARTIFACTS, `panel-${width}-${colorScheme}.png`);
+      await page.screenshot({ path: file });
+      files.push(file);
+      checkNoPageErrors(page);
+      await context.close();
+    }
+  }
+  return files;
+}
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */
 async function hostApp(page) {
