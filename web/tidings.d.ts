@@ -73,7 +73,7 @@ export interface ConnectOptions {
   getToken?: TokenSource | null;
   /** Where tidings is (default: where tidings.js came from). */
   url?: string | URL;
-  /** How many notifications `items` holds (default 50). */
+  /** How many notifications the first load and each `loadOlder()` bring (default 50, at most 500). */
   limit?: number;
   /** `false`: this tab opens a stream of its own instead of sharing one (default true). */
   shared?: boolean;
@@ -92,8 +92,10 @@ export interface ConnectOptions {
 
 /** What `connect()` returns: the recipient's inbox, kept current by the stream. */
 export interface Feed {
-  /** Newest first, at most `limit` of them. */
+  /** Newest first: the first `limit`, and every older page loaded since. */
   items: InboxItem[];
+  /** Whether `items` reach back to the recipient's oldest notification. */
+  complete: boolean;
   /** All unread, also those beyond `limit`. */
   unreadCount: number;
   /** The highest seq applied (-1 before the first load). */
@@ -107,6 +109,8 @@ export interface Feed {
   markAllRead(): Promise<void>;
   /** Reloads the inbox (the stream stays open); resolves when it is applied. */
   refresh(): Promise<void>;
+  /** Appends the next older page to `items` (nothing once `complete`); resolves when it is applied. */
+  loadOlder(): Promise<void>;
   /** Uses `token` (for the same recipient) from now on. */
   setToken(token: string | null | undefined): void;
   /** Closes the stream, hands it to another tab, stops all timers. */
@@ -147,12 +151,58 @@ export interface TidingsBellAttributes {
   'token-url'?: string;
   /** Where tidings is (default: where tidings.js came from). */
   url?: string;
-  /** How many notifications the list holds (default 50). */
+  /** How many notifications the list loads at a time (default 50, at most 500). */
   limit?: string | number;
   /** Anchor the list at the bell's left edge (default: right edge). */
   align?: 'start';
+  /** Present: each row also shows its notification's `kind` (off by default). */
+  'show-kind'?: string | boolean;
+  /** The language of its words (`en`, `de`, `ar` built in; default: the page's, then the browser's). */
+  lang?: string;
   /** No token: rely on the `tidings_token` cookie. */
   auth?: 'cookie';
+}
+
+/**
+ * Every word `<tidings-bell>` shows. `{count}` and `{title}` are filled in
+ * (as text); the built-in languages have all of them.
+ */
+export interface TidingsStrings {
+  heading: string;
+  /** The bell button's name: `{count}` unread. */
+  bell: string;
+  connecting: string;
+  live: string;
+  reconnecting: string;
+  offline: string;
+  refresh: string;
+  markAll: string;
+  loading: string;
+  empty: string;
+  /** The "Load older" button. */
+  older: string;
+  /** Everything is loaded. */
+  end: string;
+  /** `{count}` unread not loaded yet. */
+  beyond: string;
+  /** A row's state, in its name. */
+  unread: string;
+  /** Said by the live region: `{title}`. */
+  announce: string;
+  showMore: string;
+  showLess: string;
+  retry: string;
+  /** A refused token (401/403). */
+  auth: string;
+  /** A request the browser could not make: offline, or an origin tidings does not allow. */
+  unreachable: string;
+  failed: string;
+  olderFailed: string;
+  /** `{title}` could not be marked read. */
+  readFailed: string;
+  markAllFailed: string;
+  actionUnreachable: string;
+  tryAgain: string;
 }
 
 /** The attributes `<tidings-bell>` sets on itself, for CSS and tests. */
@@ -164,11 +214,23 @@ export interface TidingsBellStateAttributes {
   open?: '';
 }
 
-/** The events `<tidings-bell>` dispatches on itself (they do not bubble). */
+/** A row of the bell's list was clicked: the notification as it was, and the link it has. */
+export interface TidingsClickDetail extends InboxItem {
+  /** The http(s) link taken from the payload, or '' for a row without one. */
+  url: string;
+}
+
+/** The events `<tidings-bell>` dispatches on itself. */
 export interface TidingsBellEventMap extends HTMLElementEventMap {
   'tidings-notification': CustomEvent<InboxItem>;
   'tidings-status': CustomEvent<FeedStatus>;
   'tidings-error': CustomEvent<unknown>;
+  /**
+   * Bubbles and is composed. `preventDefault()` keeps the bell from
+   * following the link (a router navigates instead); the row is marked
+   * read either way.
+   */
+  'tidings:click': CustomEvent<TidingsClickDetail>;
 }
 
 /**
@@ -184,6 +246,9 @@ export declare class TidingsBell extends HTMLElement {
   /** Called at start and whenever the token expires; takes precedence over `token-url`. */
   get getToken(): TokenSource | null;
   set getToken(source: TokenSource | null | undefined);
+  /** Every word it shows, in its language; setting replaces some or all of them. */
+  get strings(): TidingsStrings;
+  set strings(value: Partial<TidingsStrings> | null | undefined);
   /** The feed behind the bell, once it has a token (or `auth="cookie"`). */
   get feed(): Feed | null;
   /** Opens or closes the list (toggles without an argument). */

@@ -93,6 +93,46 @@ async fn browser_pages_of_other_origins_cannot_mark_read_with_the_cookie() {
 }
 
 #[tokio::test]
+async fn browser_list_loads_all_of_history_and_says_when_everything_is_shown() {
+    run_scenario("history").await;
+}
+
+#[tokio::test]
+async fn browser_failures_are_said_with_what_to_do_and_retry_recovers() {
+    run_scenario("errors").await;
+}
+
+#[tokio::test]
+async fn browser_row_click_is_a_cancelable_event_a_router_can_take_over() {
+    run_scenario("router").await;
+}
+
+#[tokio::test]
+async fn browser_kind_line_is_shown_only_with_the_show_kind_attribute() {
+    run_scenario("kind").await;
+}
+
+#[tokio::test]
+async fn browser_panel_fits_a_phone_screen_with_touch_sized_controls() {
+    run_scenario("mobile").await;
+}
+
+#[tokio::test]
+async fn browser_list_is_one_tab_stop_with_arrow_keys_and_escape_returns_to_the_bell() {
+    run_scenario("keyboard").await;
+}
+
+#[tokio::test]
+async fn browser_axe_finds_no_violations_in_the_bell_closed_or_open() {
+    run_scenario("audit").await;
+}
+
+#[tokio::test]
+async fn browser_speaks_the_pages_language_and_cuts_text_between_whole_characters() {
+    run_scenario("languages").await;
+}
+
+#[tokio::test]
 async fn browser_eventsource_keeps_its_stream_through_a_tidings_restart_behind_the_guides_nginx() {
     if !browser_available() {
         return;

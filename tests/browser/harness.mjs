@@ -287,11 +287,24 @@ export function bellState(page) {
     const bell = document.querySelector('tidings-bell');
     const root = bell.shadowRoot;
     const badge = root.querySelector('[part~="badge"]');
+    const shown = (part) => {
+      const node = root.querySelector(`[part~="${part}"]`);
+      return node && !node.hidden ? node.textContent : '';
+    };
     return {
       status: bell.getAttribute('status'),
       unread: Number(bell.getAttribute('unread') ?? 0),
       badge: badge.hidden ? '' : badge.textContent,
       leader: bell.feed?.leader ?? false,
+      // What the end of the list says: more to load, or everything loaded.
+      older: !root.querySelector('[part~="older"]').hidden,
+      end: shown('end'),
+      beyond: shown('beyond'),
+      // What the panel says instead of (or above) the list.
+      loading: shown('loading'),
+      empty: shown('empty'),
+      problem: shown('problem-text') && shown('problem') ? shown('problem-text') : '',
+      notice: shown('notice'),
       items: [...root.querySelectorAll('.item')].map((entry) => ({
         id: Number(entry.dataset.id),
         title: entry.querySelector('.title').textContent,

@@ -4,6 +4,7 @@
 // Exit status 0 = the scenario's guarantee held; any failure says which.
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -221,8 +222,8 @@ const scenarios = {
       const entry = root.querySelector('.item');
       return {
         title: entry.querySelector('.title').textContent,
-        body: entry.querySelector('.body').textContent,
-        kind: entry.querySelector('.kind').textContent,
+        body: entry.closest('li').querySelector('.body').textContent,
+        kind: entry.closest('li').querySelector('.kind').textContent,
         announced: root.querySelector('.announcer').textContent,
         tag: entry.tagName,
         markup: root.querySelectorAll('.list img, .list b, .list script, .list svg, .announcer *').length,
@@ -239,7 +240,11 @@ const scenarios = {
     checkNoPageErrors(page);
   },
 
-  /** 6. The open bell, reached by keyboard, as a picture (test artifact). */
+  /**
+   * 6. The open bell, reached by keyboard, as a picture (test artifacts),
+   * and the open panel on a phone (360 px) and a desktop (1280 px), light
+   * and dark.
+   */
   async screenshot() {
     const server = await Tidings.start();
     const db = await database();
@@ -260,7 +265,7 @@ const scenarios = {
       await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
       await page.keyboard.press('ArrowDown');
       await page.keyboard.press('ArrowDown');
-      const focused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.textContent ?? '');
+      const focused = await page.evaluate(() => document.querySelector('tidings-bell').shadowRoot.activeElement?.closest('li').textContent ?? '');
       check(focused.includes('Looks good to me'), `ArrowDown moves through the list (focused: ${focused})`);
       await page.keyboard.press('Escape');
       await page.waitForSelector('tidings-bell >> .panel', { state: 'hidden' });
@@ -280,6 +285,7 @@ const scenarios = {
       checkNoPageErrors(page);
       await context.close();
     }
+    shots.push(...(await panelPictures(browser, server, db)));
     for (const file of shots) {
       const colours = distinctColours(readFileSync(file));
       console.log(`${file}: ${colours} distinct colours`);
@@ -463,15 +469,15 @@ const scenarios = {
     check(running.defined, 'the declared TidingsBell is the <tidings-bell> defined');
     checkEqual(
       declared.TidingsBellAttributes.filter((name) => !running.observed.includes(name)),
-      ['align'],
-      'every attribute the element observes is declared (align is read by its CSS only)',
+      ['align', 'show-kind'],
+      'every attribute the element observes is declared (align and show-kind are read by its CSS only)',
     );
     checkEqual(
       declared.TidingsBellStateAttributes,
       found(/this\.(?:set|toggle)Attribute\('([\w-]+)'/g),
       'the attributes it sets on itself',
     );
-    checkEqual(declared.TidingsBellEventMap, found(/new CustomEvent\('([\w-]+)'/g), 'the events it dispatches');
+    checkEqual(declared.TidingsBellEventMap, found(/new CustomEvent\('([\w:-]+)'/g), 'the events it dispatches');
     checkEqual(
       declared.ConnectOptions,
       sorted([...found(/\boptions\.(\w+)/g), ...found(/this\.#on\.(\w+)/g)]),
@@ -596,7 +602,518 @@ const scenarios = {
     checkEqual(final.state, 1, 'the stream is open');
     checkNoPageErrors(page);
   },
+
+  /**
+   * 14. All of history: the list says when older notifications exist,
+   * loads them when scrolled to its end or with "Load older" (also with
+   * no IntersectionObserver, by keyboard), and says when all are loaded.
+   */
+  async history() {
+    const server = await Tidings.start();
+    const db = await database();
+    const numbered = (count) =>
+      Array.from({ length: count }, (_, n) => ({ kind: 'test.history', payload: { title: `N${n + 1}` } }));
+    const newestFirst = (count) => Array.from({ length: count }, (_, n) => `N${count - n}`);
+    await db.insertAll('hana', numbered(60));
+    await db.insertAll('hugo', numbered(130));
+    const browser = await launchBrowser();
+
+    const page = await demoPage(await browser.newContext(), server, 'hana');
+    const first = await bellUntil(page, 'the first page', (s) => s.items.length === 50);
+    checkEqual([first.unread, first.badge], [60, '60'], 'the badge counts all 60');
+    check(first.older && first.end === '', 'the list offers older ones instead of ending');
+    checkEqual(first.beyond, '10 more unread', 'the list says how many unread are not shown yet');
+    await page.click('tidings-bell >> .bell');
+    await page.evaluate(() => {
+      const scroller = document.querySelector('tidings-bell').shadowRoot.querySelector('.scroller');
+      scroller.scrollTop = scroller.scrollHeight;
+    });
+    const all = await bellUntil(page, 'scrolling to the end loads the rest', (s) => s.items.length === 60);
+    checkEqual(titles(all), newestFirst(60), 'all 60, newest first, each once');
+    check(distinct(ids(all)), 'no notification twice');
+    check(!all.older && all.beyond === '', 'nothing more is offered');
+    checkEqual(all.end, 'No older notifications', 'the list says it holds everything');
+    await db.insert('hana', 'test.history', { title: 'N61' });
+    const grown = await bellUntil(page, 'a new one on top of them all', (s) => s.items.length === 61);
+    checkEqual(titles(grown), newestFirst(61), 'a new one keeps the older pages');
+    check(!grown.older && grown.end !== '', 'still everything');
+    checkNoPageErrors(page);
+
+    // Without IntersectionObserver: the button, by keyboard.
+    const context = await browser.newContext();
+    await context.addInitScript(() => {
+      delete window.IntersectionObserver;
+    });
+    const keys = await demoPage(context, server, 'hugo');
+    await bellUntil(keys, 'the first page', (s) => s.items.length === 50 && s.older);
+    await keys.click('tidings-bell >> .bell');
+    for (const count of [100, 130]) {
+      await keys.focus('tidings-bell >> .older');
+      await keys.keyboard.press('Enter');
+      await bellUntil(keys, `${count} listed after "Load older"`, (s) => s.items.length === count);
+    }
+    const loaded = await bellState(keys);
+    checkEqual(titles(loaded), newestFirst(130), 'all 130, newest first, each once');
+    check(!loaded.older && loaded.end === 'No older notifications', 'the button gives way to the end');
+    checkEqual([loaded.unread, loaded.badge], [130, '99+'], 'the badge still counts all');
+    checkNoPageErrors(keys);
+  },
+
+  /**
+   * 15. Failures are said, with what to do: a refused token, an origin
+   * tidings does not allow, a server that is down (Retry recovers), a read
+   * mark that did not stick (the row goes back to unread). "No
+   * notifications yet" only for an inbox that was loaded and is empty;
+   * Refresh is busy (aria-busy, disabled) while it loads.
+   */
+  async errors() {
+    const server = await Tidings.start();
+    const db = await database();
+    const browser = await launchBrowser();
+    const open = (page) => page.click('tidings-bell >> .bell');
+
+    // A token tidings refuses, then one it accepts.
+    const refused = await openPage(await browser.newContext(), `${server.url}/?access_token=${token('eve', { secret: 'not-the-secret' })}`);
+    await open(refused);
+    const signIn = await bellUntil(refused, 'a refused token is said', (s) => s.problem !== '');
+    check(signIn.problem.includes('Sign in again'), `it says to sign in again: ${signIn.problem}`);
+    check(await refused.isVisible('tidings-bell >> .retry'), 'with a Retry button');
+    checkEqual([signIn.empty, signIn.items.length], ['', 0], 'no "No notifications yet" for an inbox never loaded');
+    await refused.evaluate((valid) => {
+      document.querySelector('tidings-bell').token = valid;
+    }, token('eve'));
+    const signedIn = await bellUntil(refused, 'the accepted token loads the inbox', (s) => s.status === 'live' && s.problem === '');
+    checkEqual(signedIn.empty, 'No notifications yet', 'an empty inbox, loaded, says so');
+    checkNoPageErrors(refused);
+
+    // A page of an origin tidings does not list (no --cors-origin).
+    const app = await hostApp(() => `<!doctype html>
+<script type="module" src="${server.url}/tidings.js"></script>
+<tidings-bell token="${token('eve')}"></tidings-bell>`);
+    const foreign = await openPage(await browser.newContext(), `${app.origin}/`);
+    await foreign.waitForFunction(() => customElements.get('tidings-bell'));
+    await open(foreign);
+    const refusedOrigin = await bellUntil(foreign, 'a refused origin is said', (s) => s.problem !== '');
+    check(refusedOrigin.problem.includes('does not allow this site'), `it names the origin refusal: ${refusedOrigin.problem}`);
+    checkEqual(refusedOrigin.empty, '', 'no "No notifications yet" for an inbox never loaded');
+
+    // tidings goes away under a loaded page.
+    await db.insert('eve', 'test.errors', { title: 'Unread one' });
+    const page = await demoPage(await browser.newContext(), server, 'eve');
+    await bellUntil(page, 'one unread', (s) => s.unread === 1);
+    await open(page);
+    await page.evaluate(() => {
+      const refresh = document.querySelector('tidings-bell').shadowRoot.querySelector('.refresh');
+      window.refreshStates = [];
+      new MutationObserver(() => {
+        window.refreshStates.push(`${refresh.getAttribute('aria-busy')} ${refresh.disabled}`);
+      }).observe(refresh, { attributes: true, attributeFilter: ['aria-busy', 'disabled'] });
+    });
+    await server.stop();
+    await page.click('tidings-bell >> .item >> text=Unread one');
+    const unmarked = await bellUntil(page, 'the failed read mark is said', (s) => s.notice !== '');
+    check(unmarked.notice.includes('“Unread one” could not be marked as read'), `it names the row: ${unmarked.notice}`);
+    checkEqual(unmarked.items.map((item) => item.unread), [true], 'the row is back to unread');
+    check(!(await page.isVisible('tidings-bell >> .item.pending')), 'and no longer shown as pending');
+
+    await page.click('tidings-bell >> .refresh');
+    const down = await bellUntil(page, 'the failed refresh is said', (s) => s.problem !== '');
+    check(down.problem.includes('could not be reached'), `it says tidings could not be reached: ${down.problem}`);
+    checkEqual(down.items.length, 1, 'the list loaded before stays');
+    await eventually('Refresh is usable again', () => page.isEnabled('tidings-bell >> .refresh'));
+    const states = await page.evaluate(() => window.refreshStates);
+    check(states.includes('true true'), `Refresh was busy and disabled while loading: ${states}`);
+    checkEqual(states.at(-1), 'false false', 'and is neither once it failed');
+
+    await server.start();
+    await page.click('tidings-bell >> .retry');
+    const recovered = await bellUntil(page, 'Retry recovers', (s) => s.problem === '' && s.status === 'live');
+    checkEqual(recovered.unread, 1, 'the unread count is as before');
+    await page.click('tidings-bell >> .item >> text=Unread one');
+    await bellUntil(page, 'marking read works again', (s) => s.unread === 0 && s.notice === '');
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 16. A click on a row is a cancelable, bubbling, composed
+   * `tidings:click` carrying the notification: a router that cancels it
+   * navigates without a page load; uncancelled, the link is followed.
+   */
+  async router() {
+    const server = await Tidings.start();
+    const db = await database();
+    await db.insert('rui', 'task.assigned', { title: 'Followed', url: '/healthz' });
+    const routed = await db.insert('rui', 'task.assigned', { title: 'Routed', url: '/tasks/7', task: 7 });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'rui');
+    await bellUntil(page, 'two unread', (s) => s.unread === 2);
+    await page.evaluate(() => {
+      window.sameDocument = true;
+      window.clicks = [];
+      document.addEventListener('tidings:click', (event) => {
+        const { bubbles, composed, cancelable, detail } = event;
+        window.clicks.push({ bubbles, composed, cancelable, detail, target: event.target.tagName });
+        if (detail.payload.task) {
+          event.preventDefault();
+          history.pushState(null, '', new URL(detail.url).pathname);
+        }
+      });
+    });
+    await page.click('tidings-bell >> .bell');
+    await page.click('tidings-bell >> .item >> text=Routed');
+    await bellUntil(page, 'the routed one is marked read', (s) => s.unread === 1);
+    const [click] = await page.evaluate(() => window.clicks);
+    checkEqual(
+      [click.bubbles, click.composed, click.cancelable, click.target],
+      [true, true, true, 'TIDINGS-BELL'],
+      'a bubbling, composed, cancelable event from the bell',
+    );
+    const { detail } = click;
+    checkEqual(
+      [detail.id, detail.seq, detail.kind, detail.payload, detail.read_at, detail.url],
+      [Number(routed.id), Number(routed.seq), 'task.assigned', { url: '/tasks/7', task: 7, title: 'Routed' }, null, `${server.url}/tasks/7`],
+      'the detail is the notification (unread when clicked; payload keys in jsonb order) and its link',
+    );
+    check(!Number.isNaN(Date.parse(detail.created_at)), 'with its creation time');
+    checkEqual(new URL(page.url()).pathname, '/tasks/7', 'the router navigated');
+    check(await page.evaluate(() => window.sameDocument === true), 'without loading a page');
+
+    await page.click('tidings-bell >> .item >> text=Followed');
+    await page.waitForURL(`${server.url}/healthz`);
+    checkNoPageErrors(page);
+  },
+
+  /** 17. The kind line (`task.assigned`) is shown only while `show-kind` is set. */
+  async kind() {
+    const server = await Tidings.start();
+    const db = await database();
+    await db.insert('kim', 'task.assigned', { title: 'Review the draft' });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'kim');
+    await bellUntil(page, 'one unread', (s) => s.unread === 1);
+    await page.click('tidings-bell >> .bell');
+    await page.waitForSelector('tidings-bell >> .item', { state: 'visible' });
+    const kindShown = () => page.isVisible('tidings-bell >> .kind');
+    check(!(await kindShown()), 'no kind line by default');
+    await page.evaluate(() => document.querySelector('tidings-bell').toggleAttribute('show-kind', true));
+    check(await kindShown(), 'show-kind shows it');
+    checkEqual(await page.textContent('tidings-bell >> .kind'), 'task.assigned', 'as the kind');
+    await page.evaluate(() => document.querySelector('tidings-bell').removeAttribute('show-kind'));
+    check(!(await kindShown()), 'and hides it again when removed');
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 18. On a 360 px wide touch screen the open panel fits the viewport
+   * (anchored either way), and every control is at least 44 px tall.
+   */
+  async mobile() {
+    const server = await Tidings.start();
+    const db = await database();
+    const notifications = Array.from({ length: 60 }, (_, n) => ({
+      kind: 'test.mobile',
+      payload: { title: `A rather long title that has to wrap on a phone, number ${n + 1}`, body: 'Body text' },
+    }));
+    await db.insertAll('mia', notifications);
+    const browser = await launchBrowser();
+    const context = await browser.newContext({ viewport: { width: 360, height: 640 }, hasTouch: true, isMobile: true });
+    const page = await demoPage(context, server, 'mia');
+    check(await page.evaluate(() => matchMedia('(pointer: coarse)').matches), 'the page has a coarse pointer');
+    await bellUntil(page, 'the first page', (s) => s.items.length === 50 && s.older);
+    const geometry = () =>
+      page.evaluate(() => {
+        const root = document.querySelector('tidings-bell').shadowRoot;
+        const panel = root.querySelector('.panel').getBoundingClientRect();
+        const controls = [...root.querySelectorAll('button, a[href], [tabindex]')].map((control) => ({
+          name: `${control.className} ${control.textContent.trim().slice(0, 30)}`,
+          shown: control.getClientRects().length > 0,
+          height: control.getBoundingClientRect().height,
+          minHeight: parseFloat(getComputedStyle(control).minHeight) || 0,
+        }));
+        const page = document.documentElement;
+        return { left: panel.left, right: panel.right, viewport: page.clientWidth, scrollWidth: page.scrollWidth, controls };
+      });
+    for (const align of [null, 'start']) {
+      await page.evaluate((value) => {
+        const bell = document.querySelector('tidings-bell');
+        bell.toggle(false);
+        if (value) bell.setAttribute('align', value);
+      }, align);
+      await page.tap('tidings-bell >> .bell');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      const shape = await geometry();
+      const where = `anchored ${align ?? 'end'}`;
+      check(shape.left >= 0 && shape.right <= shape.viewport, `${where}: the panel (${shape.left}..${shape.right}) is inside the ${shape.viewport} px viewport`);
+      checkEqual(shape.scrollWidth, shape.viewport, `${where}: the page does not scroll sideways`);
+      for (const control of shape.controls) {
+        const tall = control.shown ? control.height : control.minHeight;
+        check(tall >= 44, `${where}: ${control.name} is at least 44 px tall (${tall})`);
+      }
+      check(shape.controls.filter((control) => control.shown).length >= 50, 'the rows and buttons were measured');
+    }
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 19. Keyboard: the list is one Tab stop, Up/Down/Home/End move in it
+   * and it remembers where; the focus ring is drawn whole; Escape closes
+   * and returns to the bell; Tab out of the panel closes it. Each row is
+   * named by its title, state and time only.
+   */
+  async keyboard() {
+    const server = await Tidings.start();
+    const db = await database();
+    for (const title of ['First', 'Second', 'Third']) {
+      await db.insert('kai', 'test.keys', { title, body: `The body of ${title}, which is not part of the name` });
+    }
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'kai');
+    await bellUntil(page, 'three unread', (s) => s.unread === 3);
+    const focused = () =>
+      page.evaluate(() => {
+        const bell = document.querySelector('tidings-bell');
+        const inside = bell.shadowRoot.activeElement;
+        if (!inside) return { outside: document.activeElement?.tagName ?? '' };
+        return { className: inside.className, title: inside.querySelector('.title')?.textContent ?? '', open: bell.hasAttribute('open') };
+      });
+    const press = async (key) => {
+      await page.keyboard.press(key);
+      return focused();
+    };
+
+    await page.focus('tidings-bell >> .bell');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    checkEqual((await press('Tab')).className, 'action refresh', 'Tab goes to Refresh');
+    checkEqual((await press('Tab')).className, 'action mark-all', 'then to Mark all read');
+    checkEqual((await press('Tab')).title, 'Third', 'then into the list, at its first row');
+    checkEqual((await press('ArrowDown')).title, 'Second', 'ArrowDown moves down');
+    checkEqual((await press('End')).title, 'First', 'End goes to the last row');
+    checkEqual((await press('ArrowDown')).title, 'First', 'and stays there');
+    checkEqual((await press('Home')).title, 'Third', 'Home goes to the first row');
+    checkEqual((await press('ArrowUp')).title, 'Third', 'and stays there');
+    checkEqual((await press('ArrowDown')).title, 'Second', 'ArrowDown again');
+    checkEqual((await press('Shift+Tab')).className, 'action mark-all', 'Shift+Tab leaves the list');
+    checkEqual((await press('Tab')).title, 'Second', 'Tab comes back to the row it left');
+
+    const ring = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const row = root.activeElement.closest('li');
+      const style = getComputedStyle(row);
+      const grow = parseFloat(style.outlineOffset) + parseFloat(style.outlineWidth);
+      const box = row.getBoundingClientRect();
+      const clip = root.querySelector('.scroller').getBoundingClientRect();
+      return {
+        style: style.outlineStyle,
+        inside: box.left - grow >= clip.left && box.right + grow <= clip.right && box.top - grow >= clip.top && box.bottom + grow <= clip.bottom,
+      };
+    });
+    check(ring.style !== 'none', 'the focused row has a focus ring');
+    check(ring.inside, 'the ring is inside the scrolling list, not clipped by it');
+
+    const tree = await page.locator('tidings-bell').ariaSnapshot();
+    for (const title of ['First', 'Second', 'Third']) {
+      check(tree.includes(`button "${title}, unread, now"`), `the row's name is its title, state and time:\n${tree}`);
+    }
+    check(!tree.includes('which is not part of the name"'), 'the body is not in the name');
+
+    const escaped = await press('Escape');
+    checkEqual([escaped.className, escaped.open], ['bell', false], 'Escape closes the panel and returns to the bell');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    await press('Tab');
+    const fromButton = await press('Escape');
+    checkEqual([fromButton.className, fromButton.open], ['bell', false], 'also from a button in the panel');
+
+    // Something focusable after the bell, as most pages have.
+    await page.evaluate(() => document.querySelector('main').prepend(Object.assign(document.createElement('button'), { textContent: 'After' })));
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+    for (let n = 0; n < 3; n++) await press('Tab');
+    const away = await press('Tab');
+    checkEqual(away.outside, 'BUTTON', 'Tab from the list leaves the bell');
+    check(!(await page.isVisible('tidings-bell >> .panel')), 'focus leaving the panel closes it');
+    checkNoPageErrors(page);
+  },
+
+  /**
+   * 20. axe-core finds no violations in the bell, closed and open, light
+   * and dark: inside its shadow root too.
+   */
+  async audit() {
+    const server = await Tidings.start();
+    const db = await database();
+    const notifications = Array.from({ length: 55 }, (_, n) => ({
+      kind: 'test.audit',
+      payload: n % 3 ? { title: `Notification ${n + 1}`, body: 'With a body. '.repeat(n), url: '/healthz' } : { amount: n, currency: 'EUR' },
+    }));
+    const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+    const browser = await launchBrowser();
+    for (const colorScheme of ['light', 'dark']) {
+      const recipient = `ada-${colorScheme}`;
+      await db.insertAll(recipient, notifications);
+      const context = await browser.newContext({ colorScheme, bypassCSP: true });
+      const page = await demoPage(context, server, recipient);
+      await bellUntil(page, 'the first page', (s) => s.items.length === 50 && s.older);
+      await page.evaluate(axeSource);
+      const audit = async (what) => {
+        const result = await page.evaluate(() => axe.run({ include: [['tidings-bell']] }, { resultTypes: ['violations', 'passes'] }));
+        const violations = result.violations.map(
+          (v) => `${v.id} (${v.impact}): ${v.help}\n    ${v.nodes.map((n) => `${JSON.stringify(n.target)} ${n.failureSummary}`).join('\n    ')}`,
+        );
+        checkEqual(violations, [], `no axe violations: ${what}, ${colorScheme}`);
+        const inShadow = result.passes.some((rule) => rule.nodes.some((node) => Array.isArray(node.target[0]) || node.target.length > 1));
+        check(inShadow, `the audit reached into the shadow root: ${what}`);
+        console.log(`${what}, ${colorScheme}: ${result.passes.length} rules passed, none violated`);
+      };
+      await audit('closed bell');
+      await page.click('tidings-bell >> .bell');
+      await page.evaluate(() => document.querySelector('tidings-bell').feed.markRead(document.querySelector('tidings-bell').feed.items[0].id));
+      await bellUntil(page, 'one read', (s) => s.items.some((item) => !item.unread));
+      await page.focus('tidings-bell >> .item >> nth=0');
+      check(await page.isVisible('tidings-bell >> .expand >> nth=0'), 'a long body offers to show more');
+      await audit('open panel');
+      await page.evaluate(() => document.querySelector('tidings-bell').setAttribute('lang', 'ar'));
+      await audit('open panel in Arabic');
+      checkNoPageErrors(page);
+      await context.close();
+    }
+  },
+
+  /**
+   * 21. Languages: the words follow `lang` (German, Arabic written right to
+   * left) or the page's language, `strings` replaces any of them, payload
+   * text finds its own direction, a cut never splits an emoji, and a long
+   * body can be read in full.
+   */
+  async languages() {
+    const server = await Tidings.start();
+    const db = await database();
+    const family = '👨‍👩‍👧‍👦';
+    const flags = '🇩🇪🇸🇦'.repeat(150);
+    await db.insert('lea', 'test.lang', { title: 'مرحبا بالعالم', body: 'نص عربي' });
+    await db.insert('lea', 'test.lang', { title: family.repeat(200), body: flags });
+    const browser = await launchBrowser();
+    const page = await demoPage(await browser.newContext(), server, 'lea');
+    await bellUntil(page, 'two unread', (s) => s.unread === 2);
+    await page.click('tidings-bell >> .bell');
+    const words = () =>
+      page.evaluate(() => {
+        const bell = document.querySelector('tidings-bell');
+        const root = bell.shadowRoot;
+        const text = (selector) => root.querySelector(selector).textContent;
+        return {
+          heading: text('.heading'),
+          refresh: text('.refresh'),
+          status: text('.status'),
+          bell: root.querySelector('.bell').getAttribute('aria-label'),
+          row: root.querySelector('.item').getAttribute('aria-label'),
+          time: text('.time'),
+          dir: root.querySelector('.panel').dir,
+          lang: root.querySelector('.panel').lang,
+        };
+      });
+    const english = await words();
+    checkEqual([english.heading, english.refresh, english.dir], ['Notifications', 'Refresh', 'ltr'], 'English on an English page');
+
+    await page.evaluate(() => document.querySelector('tidings-bell').setAttribute('lang', 'de'));
+    const german = await words();
+    checkEqual(
+      [german.heading, german.refresh, german.status, german.bell, german.time, german.dir],
+      ['Benachrichtigungen', 'Aktualisieren', 'Live', 'Benachrichtigungen, 2 ungelesen', 'jetzt', 'ltr'],
+      'German from lang="de"',
+    );
+    check(german.row.endsWith(', ungelesen, jetzt'), `a row's name in German: ${german.row}`);
+
+    await page.evaluate(() => {
+      document.querySelector('tidings-bell').removeAttribute('lang');
+      document.documentElement.lang = 'ar';
+    });
+    const arabic = await words();
+    checkEqual(
+      [arabic.heading, arabic.refresh, arabic.dir, arabic.lang],
+      ['الإشعارات', 'تحديث', 'rtl', 'ar'],
+      "Arabic, right to left, from the page's language",
+    );
+    const shape = await page.evaluate(() => {
+      const panel = document.querySelector('tidings-bell').shadowRoot.querySelector('.panel').getBoundingClientRect();
+      return { left: panel.left, right: panel.right, width: document.documentElement.clientWidth };
+    });
+    check(shape.left >= 0 && shape.right <= shape.width, 'the right-to-left panel stays in the viewport');
+
+    await page.evaluate(() => {
+      document.querySelector('tidings-bell').strings = { heading: 'صندوق الوارد', refresh: 'Reload' };
+    });
+    const replaced = await words();
+    checkEqual([replaced.heading, replaced.refresh, replaced.status], ['صندوق الوارد', 'Reload', 'مباشر'], 'strings replaces the words given, the rest stay');
+    await page.evaluate(() => {
+      document.documentElement.lang = 'en';
+      document.querySelector('tidings-bell').strings = null;
+    });
+    checkEqual((await words()).heading, 'Notifications', 'and back to English');
+
+    const shown = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const rows = [...root.querySelectorAll('.row')];
+      return rows.map((row) => ({
+        title: row.querySelector('.title').textContent,
+        titleDir: row.querySelector('.title').dir,
+        body: row.querySelector('.body').textContent,
+        bodyDir: row.querySelector('.body').dir,
+        expand: row.querySelector('.expand')?.textContent ?? null,
+      }));
+    });
+    checkEqual(shown.map((row) => [row.titleDir, row.bodyDir]), [['auto', 'auto'], ['auto', 'auto']], 'titles and bodies have dir="auto"');
+    const segments = (text) => [...new Intl.Segmenter('en', { granularity: 'grapheme' }).segment(text)].map((s) => s.segment);
+    const cutTitle = segments(shown[0].title);
+    checkEqual(cutTitle.at(-1), '…', 'a long title is cut');
+    check(cutTitle.slice(0, -1).every((segment) => segment === family), 'between whole emoji (no family split)');
+    const cutBody = segments(shown[0].body);
+    check(cutBody.at(-1) === '…' && cutBody.slice(0, -1).every((flag) => ['🇩🇪', '🇸🇦'].includes(flag)), 'a long body is cut between whole flags');
+    checkEqual(shown[0].expand, 'Show more', 'with a button to read it all');
+    checkEqual(shown[1].expand, null, 'a short body has none');
+
+    await page.click('tidings-bell >> .expand');
+    const expanded = await page.evaluate(() => {
+      const root = document.querySelector('tidings-bell').shadowRoot;
+      const expand = root.querySelector('.expand');
+      return { body: root.querySelector('.body').textContent, state: expand.getAttribute('aria-expanded'), text: expand.textContent };
+    });
+    checkEqual(expanded, { body: flags, state: 'true', text: 'Show less' }, 'the whole body, once expanded');
+    checkEqual((await bellState(page)).unread, 2, 'expanding is not reading: nothing marked read');
+    checkNoPageErrors(page);
+  },
 };
+
+/** The open panel at 360 and 1280 px wide, light and dark: the files written. */
+async function panelPictures(browser, server, db) {
+  const files = [];
+  for (const colorScheme of ['light', 'dark']) {
+    const recipient = `pia-${colorScheme}`;
+    await db.insertAll(recipient, [
+      { kind: 'deploy.finished', payload: { service: 'api', version: '2.4.1' } },
+      { kind: 'comment.created', payload: { title: 'Lena commented on “Q3 plan”', body: 'Looks good to me. One question on the hiring numbers before we ship it. '.repeat(4), url: '/plans/q3' } },
+      { kind: 'invoice.paid', payload: { title: 'Invoice #1042 paid', body: '€ 420.00 from ACME Ltd.', url: '/invoices/1042' } },
+      { kind: 'task.assigned', payload: { title: 'You were assigned “Review the draft” 📝', url: '/tasks/7' } },
+    ]);
+    for (const width of [360, 1280]) {
+      const context = await browser.newContext({ viewport: { width, height: 640 }, colorScheme });
+      const page = await demoPage(context, server, recipient);
+      await bellUntil(page, 'four listed', (s) => s.items.length === 4);
+      if (width === 360) await page.evaluate(() => document.querySelector('tidings-bell').feed.markRead(document.querySelector('tidings-bell').feed.items.at(-1).id));
+      await bellUntil(page, 'the oldest read on the phone', (s) => width !== 360 || !s.items.at(-1).unread);
+      await page.click('tidings-bell >> .bell');
+      await page.waitForSelector('tidings-bell >> .panel', { state: 'visible' });
+      await page.mouse.move(0, 0);
+      const file = path.join(ARTIFACTS, `panel-${width}-${colorScheme}.png`);
+      await page.screenshot({ path: file });
+      files.push(file);
+      checkNoPageErrors(page);
+      await context.close();
+    }
+  }
+  return files;
+}
 
 /** A host app's page on another port of loopback, answering `page()` to every request. */
 async function hostApp(page) {

@@ -17,6 +17,8 @@ const RENEW_EARLY_MS = 10_000;
 /** How long a lost stream is "reconnecting" before it is shown as "offline". */
 const OFFLINE_AFTER_MS = 20_000;
 const MAX_BACKOFF_MS = 30_000;
+/** The inbox's largest page (`limit` above it is a 400). */
+const MAX_PAGE = 500;
 
 /** An HTTP answer other than 2xx from tidings, with its problem document's detail. */
 export class TidingsError extends Error {
@@ -45,6 +47,14 @@ function expiresSoon(token) {
   return typeof exp === 'number' && exp * 1000 - RENEW_EARLY_MS < Date.now();
 }
 
+/** Applies a read event to the items it names. */
+function applyRead(items, read) {
+  const ids = new Set(read.ids ?? []);
+  for (const item of items) {
+    if (ids.has(item.id) && !item.read_at) item.read_at = read.created_at;
+  }
+}
+
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function backoff(attempt) {
@@ -58,8 +68,10 @@ function backoff(attempt) {
  * from, the one place that knows it.
  */
 export class Feed {
-  /** Newest first, at most `limit` of them. */
+  /** Newest first: the first `limit`, and every older page loaded since. */
   items = [];
+  /** Whether `items` reach back to the recipient's oldest notification. */
+  complete = false;
   unreadCount = 0;
   /** The highest seq applied: everything up to it is reflected here. */
   position = -1;
@@ -90,6 +102,11 @@ export class Feed {
   #pending = null;
   #loading = null;
   #loadAgain = false;
+  /** How many items stay when new ones push the oldest out: grows with each older page. */
+  #capacity;
+  #loadingOlder = null;
+  /** Read events applied while an older page loads: that page may predate them. */
+  #readsDuringPage = null;
   #onOnline = () => this.#backOnline();
   #onOffline = () => this.#setStatus('offline');
 
@@ -98,7 +115,8 @@ export class Feed {
     if (!this.#base.pathname.endsWith('/')) this.#base.pathname += '/';
     this.#token = options.token || null;
     this.#getToken = options.getToken || null;
-    this.#limit = options.limit ?? 50;
+    this.#limit = Math.min(Math.max(1, Math.floor(options.limit ?? 50) || 50), MAX_PAGE);
+    this.#capacity = this.#limit;
     this.#shared = options.shared ?? true;
     this.#on = options;
     addEventListener('online', this.#onOnline);
@@ -161,6 +179,37 @@ export class Feed {
     return this.#loading;
   }
 
+  /**
+   * Appends the next older page to `items` (nothing once `complete`).
+   * Resolves when it is applied; calls made meanwhile share the request.
+   */
+  loadOlder() {
+    if (this.complete || this.#closed || !this.#ready) return Promise.resolve();
+    this.#loadingOlder ??= this.#loadPage().finally(() => {
+      this.#loadingOlder = null;
+      this.#readsDuringPage = null;
+    });
+    return this.#loadingOlder;
+  }
+
+  async #loadPage() {
+    const before = this.items.at(-1)?.seq;
+    if (before === undefined) return;
+    this.#readsDuringPage = [];
+    const ask = Math.min(this.#limit + 1, MAX_PAGE);
+    const response = await this.#request(`v1/notifications?limit=${ask}&before=${before}`);
+    const page = await response.json();
+    // A reload or a new notification pushing the oldest out has changed
+    // where this page would go: dropped, the next call asks again.
+    if (this.#closed || this.items.at(-1)?.seq !== before) return;
+    const older = page.items.slice(0, this.#limit).map((item) => ({ ...item }));
+    for (const read of this.#readsDuringPage) applyRead(older, read);
+    this.items.push(...older);
+    this.complete = page.items.length < ask;
+    this.#capacity = Math.max(this.#capacity, this.items.length);
+    this.#changed();
+  }
+
   /** Uses `token` (for the same recipient) from now on, e.g. after the host app renewed it. */
   setToken(token) {
     this.#token = token || null;
@@ -206,10 +255,16 @@ export class Feed {
     else this.#channel?.postMessage({ type: 'hello' });
   }
 
+  /** The newest page, as long as what is shown (up to the largest page the inbox gives). */
   async #load() {
-    const response = await this.#request(`v1/notifications?limit=${this.#limit}`);
+    const keep = Math.min(Math.max(this.#limit, this.items.length), MAX_PAGE);
+    // One more than kept: whether it comes says if older ones exist.
+    const ask = Math.min(keep + 1, MAX_PAGE);
+    const response = await this.#request(`v1/notifications?limit=${ask}`);
     const inbox = await response.json();
-    this.items = inbox.items.map((item) => ({ ...item }));
+    this.items = inbox.items.slice(0, keep).map((item) => ({ ...item }));
+    this.complete = inbox.items.length < ask;
+    this.#capacity = Math.max(this.#limit, this.items.length);
     this.unreadCount = inbox.unread_count;
     this.position = inbox.position;
     this.#on.onInbox?.(inbox);
@@ -412,16 +467,21 @@ export class Feed {
       read_at: null,
     };
     this.items.unshift(item);
-    if (this.items.length > this.#limit) this.items.length = this.#limit;
+    // A list that holds everything keeps doing so (up to a page's worth):
+    // dropping its oldest would take back what the user saw complete.
+    if (this.complete) this.#capacity = Math.max(this.#capacity, Math.min(this.items.length, MAX_PAGE));
+    if (this.items.length > this.#capacity) {
+      this.items.length = this.#capacity;
+      this.complete = false;
+    }
     this.unreadCount += 1;
     this.#on.onNotification?.(item);
   }
 
   #read(data) {
     const ids = new Set(data.ids ?? []);
-    for (const item of this.items) {
-      if (ids.has(item.id) && !item.read_at) item.read_at = data.created_at;
-    }
+    applyRead(this.items, data);
+    this.#readsDuringPage?.push(data);
     // A read event lists only notifications that were unread until then.
     this.unreadCount = Math.max(0, this.unreadCount - ids.size);
     this.#on.onRead?.(data);

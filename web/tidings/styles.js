@@ -14,6 +14,8 @@ export const STYLE = `
   --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 8%, var(--_bg)));
   --_badge-bg: var(--tidings-badge-bg, #dc2626);
   --_badge-fg: var(--tidings-badge-fg, #ffffff);
+  --_problem-bg: var(--tidings-problem-bg, color-mix(in srgb, #dc2626 10%, var(--_bg)));
+  --_link: var(--tidings-link, var(--_accent));
   --_radius: var(--tidings-radius, 10px);
   --_width: var(--tidings-width, 360px);
   --_max-height: var(--tidings-max-height, 420px);
@@ -30,10 +32,13 @@ export const STYLE = `
     --_muted: var(--tidings-muted, #9198a1);
     --_border: var(--tidings-border, #3d444d);
     --_unread-bg: var(--tidings-unread-bg, color-mix(in srgb, var(--_accent) 16%, var(--_bg)));
+    /* The accent itself is too dark to read on a dark background. */
+    --_link: var(--tidings-link, color-mix(in srgb, var(--_accent) 55%, white));
   }
 }
 button { font: inherit; color: inherit; }
 :focus-visible { outline: 2px solid var(--_accent); outline-offset: 2px; }
+
 .bell {
   position: relative; display: grid; place-items: center;
   width: 40px; height: 40px; padding: 0; border: 1px solid transparent;
@@ -54,7 +59,7 @@ button { font: inherit; color: inherit; }
 :host([status="reconnecting"]) .dot, :host([status="connecting"]) .dot { background: #d97706; }
 .panel {
   position: absolute; z-index: 1000; top: calc(100% + 6px); right: 0;
-  width: var(--_width); max-width: calc(100vw - 16px); box-sizing: border-box;
+  width: min(var(--_width), calc(100vw - 16px)); box-sizing: border-box;
   background: var(--_bg); color: var(--_fg); border: 1px solid var(--_border);
   border-radius: var(--_radius); box-shadow: var(--_shadow); overflow: hidden;
 }
@@ -76,25 +81,61 @@ button { font: inherit; color: inherit; }
 }
 .action:hover:not(:disabled) { border-color: var(--_accent); color: var(--_accent); }
 .action:disabled { opacity: 0.5; cursor: default; }
-.list { list-style: none; margin: 0; padding: 0; max-height: var(--_max-height); overflow-y: auto; }
+.scroller { max-height: min(var(--_max-height), 70dvh); overflow-y: auto; overscroll-behavior: contain; }
+.list { list-style: none; margin: 0; padding: 0; }
 .list li + li { border-top: 1px solid var(--_border); }
-.item {
-  position: relative; display: grid; grid-template-columns: 10px 1fr auto; column-gap: 8px; row-gap: 2px;
-  width: 100%; box-sizing: border-box; padding: 10px 12px; border: 0; background: transparent;
-  text-align: left; text-decoration: none; color: inherit; cursor: pointer;
+.row {
+  position: relative; display: grid; grid-template-columns: 10px minmax(0, 1fr) auto; column-gap: 8px; row-gap: 2px;
+  padding: 10px 12px;
 }
-.item:hover { background: color-mix(in srgb, var(--_fg) 5%, transparent); }
-.item.unread { background: var(--_unread-bg); }
-.item.unread::before {
+.row:hover { background: color-mix(in srgb, var(--_fg) 5%, transparent); }
+.row.unread { background: var(--_unread-bg); }
+.row.unread::before {
   content: ""; grid-column: 1; grid-row: 1; width: 8px; height: 8px; margin-top: 6px; border-radius: 50%;
   background: var(--_accent);
 }
-.item.pending { opacity: 0.6; }
-.title { grid-column: 2; grid-row: 1; font-weight: 600; overflow-wrap: anywhere; }
-.item:not(.unread) .title { font-weight: 500; }
+.row.pending { opacity: 0.6; }
+/* The ring goes on the row, inside it: the scrolling list would clip one
+   drawn outside. */
+.row:has(.item:focus-visible) { outline: 2px solid var(--_accent); outline-offset: -2px; }
+.item:focus-visible { outline: none; }
+.item {
+  grid-column: 2; grid-row: 1; display: block; min-width: 0;
+  padding: 0; border: 0; background: transparent; font: inherit; color: inherit;
+  text-align: start; text-decoration: none; cursor: pointer;
+}
+/* The whole row answers a click on its link; its other controls sit above. */
+.item::after { content: ""; position: absolute; inset: 0; }
+.title { font-weight: 600; overflow-wrap: anywhere; }
+.row:not(.unread) .title { font-weight: 500; }
 .time { grid-column: 3; grid-row: 1; font-size: 12px; color: var(--_muted); white-space: nowrap; }
-.body { grid-column: 2 / 4; color: var(--_muted); overflow-wrap: anywhere; }
+.body { grid-column: 2 / 4; margin: 0; color: var(--_muted); overflow-wrap: anywhere; }
+.expand {
+  grid-column: 2 / 4; justify-self: start; position: relative; z-index: 1;
+  border: 0; padding: 0; background: transparent; color: var(--_link); font-size: 12px;
+}
+.expand:hover:not(:disabled) { text-decoration: underline; }
 .kind { grid-column: 2 / 4; font-size: 11px; color: var(--_muted); font-family: ui-monospace, monospace; }
-.empty { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+:host(:not([show-kind])) .kind { display: none; }
+.empty, .loading { margin: 0; padding: 24px 12px; text-align: center; color: var(--_muted); }
+.problem, .notice {
+  margin: 0; padding: 8px 12px; border-bottom: 1px solid var(--_border);
+  background: var(--_problem-bg); color: var(--_fg);
+}
+.problem { display: flex; align-items: center; gap: 8px; }
+.problem-text { margin: 0; flex: 1; }
+.retry { flex: none; }
+.more {
+  display: flex; flex-wrap: wrap; align-items: center; justify-content: center; gap: 8px;
+  padding: 8px 12px; border-top: 1px solid var(--_border); font-size: 12px; color: var(--_muted);
+}
+.more:not(:has(> :not([hidden]))) { display: none; }
+.beyond { font-weight: 600; color: var(--_fg); }
+/* Fingers need bigger targets than a mouse pointer (WCAG 2.5.5: 44 px). */
+@media (pointer: coarse) {
+  .bell { width: 44px; height: 44px; }
+  .action { min-height: 44px; padding: 0 14px; font-size: 14px; }
+  .item { min-height: 44px; display: flex; align-items: center; }
+}
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 `;

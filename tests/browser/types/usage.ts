@@ -40,6 +40,7 @@ export async function use(id: number): Promise<void> {
   await feed.markRead(id);
   await feed.markAllRead();
   await feed.refresh();
+  while (!feed.complete) await feed.loadOlder();
   feed.setToken('renewed');
   feed.close();
   const leads: boolean = feed.leader;
@@ -65,6 +66,11 @@ if (bell) {
   bell.token = token;
   bell.token = null;
   const current: string | null = bell.token;
+  bell.strings = { heading: 'Inbox', beyond: '{count} more' };
+  const heading: string = bell.strings.heading;
+  console.log(heading);
+  // @ts-expect-error no such word
+  bell.strings = { headline: 'Inbox' };
   bell.toggle();
   bell.toggle(false);
   console.log(current, bell.feed?.unreadCount);
@@ -74,6 +80,14 @@ if (bell) {
     console.log(status);
   });
   bell.addEventListener('tidings-error', (event) => console.error(event.detail));
+  bell.addEventListener('tidings:click', (event) => {
+    const { url, seq, read_at }: { url: string; seq: number; read_at: string | null } = event.detail;
+    if (url.startsWith(location.origin)) {
+      event.preventDefault();
+      history.pushState(null, '', new URL(url).pathname);
+    }
+    console.log(seq, read_at);
+  });
   // @ts-expect-error the bell has no such method
   bell.markAllRead();
 }
