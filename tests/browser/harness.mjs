@@ -8,7 +8,10 @@
 
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 
 import pg from 'pg';
 import { chromium } from 'playwright-core';
@@ -163,6 +166,10 @@ export class Tidings {
     this.databaseUrl = DATABASE_URL;
     this.devMode = devMode;
     this.secret = secret;
+    // Demo mode keeps its secret in the data directory: one of this
+    // server's own, kept across its restarts and removed at the end.
+    this.dataDir = mkdtempSync(path.join(os.tmpdir(), 'tidings-browser-'));
+    atExit(() => rmSync(this.dataDir, { recursive: true, force: true }));
   }
 
   /** Starts one on `options.port`, or on a free port. */
@@ -191,6 +198,7 @@ export class Tidings {
       TIDINGS_RETRY: '500ms',
       RUST_LOG: 'tidings=info',
       NO_COLOR: '1',
+      TIDINGS_DATA_DIR: this.dataDir,
     };
     if (this.devMode) delete env.TIDINGS_JWT_SECRET;
     else env.TIDINGS_JWT_SECRET = this.secret;
