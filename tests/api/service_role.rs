@@ -9,16 +9,8 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::helpers::app::{spawn_app, spawn_app_with, test_settings};
 use crate::helpers::binary::Binary;
+use crate::helpers::checks::outcome;
 use crate::helpers::cluster::{as_service, empty_database};
-
-/// The SQLSTATE `sql` fails with in `session`, or "ok".
-async fn outcome(session: &mut PgConnection, sql: &str) -> String {
-    match sqlx::raw_sql(sql).execute(&mut *session).await {
-        Ok(_) => "ok".into(),
-        Err(sqlx::Error::Database(error)) => error.code().unwrap_or_default().into_owned(),
-        Err(error) => panic!("{sql}: {error}"),
-    }
-}
 
 #[tokio::test]
 async fn the_service_role_can_neither_rewrite_history_nor_switch_off_append_only() {
@@ -122,13 +114,7 @@ async fn a_service_role_that_may_not_migrate_stops_saying_how_and_starts_given_t
     let app = spawn_app_with_migration(owner.clone()).await;
 
     // Assert: migrated by the owner, serving as the service.
-    let response = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(response.status(), 200);
+    assert_eq!(app.readyz().await, 200);
     let pool = PgPool::connect_with(owner).await.expect("owner");
     let served_as: Vec<String> = sqlx::query_scalar(
         "SELECT DISTINCT usename::text FROM pg_stat_activity

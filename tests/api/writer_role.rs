@@ -9,6 +9,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use crate::helpers::app::{spawn_app, TestApp};
+use crate::helpers::checks::outcome;
 
 /// A session with exactly the writer role's privileges.
 async fn writer(app: &TestApp) -> PgConnection {
@@ -20,15 +21,6 @@ async fn writer(app: &TestApp) -> PgConnection {
         .await
         .expect("SET ROLE tidings_writer");
     session
-}
-
-/// The SQLSTATE `sql` fails with in `session`, or "ok".
-async fn outcome(session: &mut PgConnection, sql: &str) -> String {
-    match sqlx::raw_sql(sql).execute(&mut *session).await {
-        Ok(_) => "ok".into(),
-        Err(sqlx::Error::Database(error)) => error.code().unwrap_or_default().into_owned(),
-        Err(error) => panic!("{sql}: {error}"),
-    }
 }
 
 /// Every recipient's seqs are 1..n with no repeat, its counter row ends

@@ -45,3 +45,13 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// The SQLSTATE `sql` fails with in `session`, or "ok": what a role may
+/// and may not do, one statement at a time.
+pub async fn outcome(session: &mut sqlx::PgConnection, sql: &str) -> String {
+    match sqlx::raw_sql(sql).execute(&mut *session).await {
+        Ok(_) => "ok".into(),
+        Err(sqlx::Error::Database(error)) => error.code().unwrap_or_default().into_owned(),
+        Err(error) => panic!("{sql}: {error}"),
+    }
+}
