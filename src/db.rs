@@ -164,7 +164,9 @@ pub enum MigrationError {
     /// The schema is not current and this role may not change it: the
     /// service's own role (`tidings_service`) is not meant to.
     #[error(
-        "the database needs migrations and this role may not apply them ({0}): run          `tidings migrate` with the URL of the role that owns the schema, or give it to          the service as --migration-database-url"
+        "the database needs migrations and this role may not apply them ({0}): run \
+         `tidings migrate` with the URL of the role that owns the schema, or give it to \
+         the service as --migration-database-url"
     )]
     NotPermitted(String),
 }

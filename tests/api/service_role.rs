@@ -107,8 +107,11 @@ async fn a_service_role_that_may_not_migrate_stops_saying_how_and_starts_given_t
 
     // Assert: refused, naming the way out.
     let message = refused.expect_err("a start it cannot migrate").to_string();
-    assert!(message.contains("--migration-database-url"), "{message}");
-    assert!(message.contains("tidings migrate"), "{message}");
+    assert!(
+        message.contains("run `tidings migrate` with the URL"),
+        "{message}"
+    );
+    assert!(message.contains("as --migration-database-url"), "{message}");
 
     // Act: with the owner's URL to migrate.
     let app = spawn_app_with_migration(owner.clone()).await;
