@@ -535,14 +535,21 @@ REVOKE EXECUTE ON FUNCTION tidings.lock_counter(text) FROM PUBLIC;
 -- its transaction; these keep them.
 --
 -- take_lease: takes or extends `who`'s lease and returns its position,
--- read under the same row lock.
+-- read under the same row lock. PL/pgSQL, not SQL: PostgreSQL plans a SQL
+-- function's statement at every call, PL/pgSQL once per session
+-- (docs/schema.md has the cost).
 CREATE FUNCTION tidings.take_lease(who text, seconds double precision) RETURNS bigint
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    position bigint;
+BEGIN
     INSERT INTO tidings.recipients AS r (recipient, last_seq, hints_until)
     VALUES (who, 0, now() + make_interval(secs => seconds))
         ON CONFLICT (recipient)
         DO UPDATE SET hints_until = greatest(r.hints_until, excluded.hints_until)
-    RETURNING r.last_seq;
+    RETURNING r.last_seq INTO position;
+    RETURN position;
+END;
 $$;
 
 -- renew_leases: extends the leases of those of `whom` whose counter rows
@@ -550,12 +557,15 @@ $$;
 -- deadlock with a transaction appending to several recipients), and
 -- returns whom it extended.
 CREATE FUNCTION tidings.renew_leases(whom text[], seconds double precision) RETURNS SETOF text
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     UPDATE tidings.recipients r
        SET hints_until = greatest(r.hints_until, now() + make_interval(secs => seconds))
-     WHERE r.recipient IN (SELECT recipient FROM tidings.recipients
-                            WHERE recipient = ANY(whom) FOR UPDATE SKIP LOCKED)
+     WHERE r.recipient IN (SELECT c.recipient FROM tidings.recipients c
+                            WHERE c.recipient = ANY(whom) FOR UPDATE SKIP LOCKED)
     RETURNING r.recipient;
+END;
 $$;
 REVOKE EXECUTE ON FUNCTION tidings.take_lease(text, double precision) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION tidings.renew_leases(text[], double precision) FROM PUBLIC;
