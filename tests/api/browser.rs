@@ -21,7 +21,7 @@ use sqlx::postgres::PgConnectOptions;
 use crate::examples::libpq_env;
 use crate::helpers::app::{spawn_app, spawn_app_with};
 use crate::helpers::checks::{header, runnable};
-use crate::helpers::cluster::{fresh_database, url_of};
+use crate::helpers::cluster::{as_service, fresh_database, url_of};
 use crate::helpers::components::free_port;
 use crate::helpers::proxies::{snippet, Proxy, NGINX_TOP};
 use crate::helpers::SECRET;
@@ -370,10 +370,16 @@ fn run_node(
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("node");
     if let Some(restored) = restored {
-        command.env("RESTORED_DATABASE_URL", url_of(restored)).env(
-            "RESTORED_PGDATABASE",
-            restored.get_database().unwrap_or_default(),
-        );
+        command
+            .env("RESTORED_DATABASE_URL", url_of(restored))
+            .env(
+                "RESTORED_SERVICE_DATABASE_URL",
+                url_of(&as_service(restored)),
+            )
+            .env(
+                "RESTORED_PGDATABASE",
+                restored.get_database().unwrap_or_default(),
+            );
     }
     let child = command
         .arg(browser_dir().join("run.mjs"))
@@ -381,6 +387,8 @@ fn run_node(
         .current_dir(browser_dir())
         .envs(libpq_env(database))
         .env("DATABASE_URL", url_of(database))
+        // tidings serves as its own role; the scenarios write as the owner.
+        .env("SERVICE_DATABASE_URL", url_of(&as_service(database)))
         .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
         .env("TIDINGS_JWT_SECRET", SECRET)
         .env("BROWSER_ARTIFACTS", artifacts_dir())

@@ -25,9 +25,12 @@ function required(name) {
 export const SECRET = required('TIDINGS_JWT_SECRET');
 const BIN = required('TIDINGS_BIN');
 const DATABASE_URL = required('DATABASE_URL');
+/** What tidings connects with: its own role's login, where there is one. */
+const SERVICE_DATABASE_URL = process.env.SERVICE_DATABASE_URL ?? DATABASE_URL;
 /** A second database, for the scenario that "restores" an older one. */
 export const RESTORED = {
   url: process.env.RESTORED_DATABASE_URL,
+  serviceUrl: process.env.RESTORED_SERVICE_DATABASE_URL ?? process.env.RESTORED_DATABASE_URL,
   name: process.env.RESTORED_PGDATABASE,
 };
 export const ARTIFACTS = required('BROWSER_ARTIFACTS');
@@ -163,7 +166,7 @@ export class Tidings {
 
   constructor(port, { devMode = false, secret = SECRET } = {}) {
     this.port = port;
-    this.databaseUrl = DATABASE_URL;
+    this.databaseUrl = SERVICE_DATABASE_URL;
     this.devMode = devMode;
     this.secret = secret;
     // Demo mode keeps its secret in the data directory: one of this

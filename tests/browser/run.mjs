@@ -372,7 +372,7 @@ const scenarios = {
     // The "backup" holds only the first of them, under another title.
     await restored.insert('rex', 'test.reset', { title: 'Restored' });
     await server.stop();
-    server.databaseUrl = RESTORED.url;
+    server.databaseUrl = RESTORED.serviceUrl;
     await server.start();
     await bellUntil(
       page,
