@@ -426,13 +426,7 @@ async fn a_recipient_whose_rows_cannot_be_read_is_named_in_an_error_log_line() {
     // Arrange: the binary with JSON logs; a live stream for mallory, whose
     // rows then become unreadable.
     let (server, db) = binary_with_json_logs(Some("tidings=info")).await;
-    let token = token_for_binary("mallory", &[]);
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/stream", server.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("stream");
+    let response = server.stream("mallory").await;
     assert_eq!(response.status(), 200);
     let mut stream = SseClient::new(response);
     let insert = "INSERT INTO tidings.notifications (recipient, kind) VALUES ('mallory', 'k')";

@@ -104,15 +104,7 @@ async fn tidings_runs_through_pgbouncer_in_session_mode_with_the_stock_configura
     let answers = futures_util::future::join_all((0..18).map(|_| get_status(url.clone()))).await;
     assert_eq!(answers, vec![200; 18], "{}", server.lines().join("\n"));
     // A stream gets a row inserted with SQL: hints flow through the pooler.
-    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
-        .issue("alice", &[], Duration::from_secs(600))
-        .expect("token");
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/stream", server.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("stream");
+    let response = server.stream("alice").await;
     assert_eq!(response.status(), 200);
     let mut stream = crate::helpers::sse::SseClient::new(response);
     sqlx::query(
@@ -239,15 +231,7 @@ async fn apps_publish_through_a_transaction_pool_to_a_tidings_on_a_session_pool(
     };
     let server = serve_through(&sessions.url(&name));
     server.wait_until_ready().await.expect("ready");
-    let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
-        .issue("bob", &[], Duration::from_secs(600))
-        .expect("token");
-    let response = reqwest::Client::new()
-        .get(format!("{}/v1/stream", server.address))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("stream");
+    let response = server.stream("bob").await;
     let mut stream = crate::helpers::sse::SseClient::new(response);
 
     // An app on the transaction pool: plain statements in a transaction,

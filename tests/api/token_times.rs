@@ -43,6 +43,26 @@ async fn inbox_with(app: &TestApp, token: &str) -> reqwest::Response {
         .expect("request")
 }
 
+/// A 401 whose problem says the token is invalid.
+async fn assert_invalid_token(response: reqwest::Response, case: &str) {
+    let problem = assert_problem(response, 401).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("invalid token"),
+        "{case}: {problem}"
+    );
+}
+
+/// Each token, made from its claims, reads the inbox.
+async fn assert_accepted<const N: usize>(app: &TestApp, accepted: [(&str, serde_json::Value); N]) {
+    for (case, claims) in accepted {
+        let response = inbox_with(app, &token_with(claims)).await;
+        assert_eq!(response.status(), 200, "{case}");
+    }
+}
+
 #[tokio::test]
 async fn a_token_not_valid_before_a_later_time_is_a_401_until_then() {
     let app = spawn_app().await;
@@ -59,19 +79,9 @@ async fn a_token_not_valid_before_a_later_time_is_a_401_until_then() {
     for (case, claims) in refused {
         let response = inbox_with(&app, &token_with(claims)).await;
         assert_eq!(header(&response, "www-authenticate"), "Bearer", "{case}");
-        let problem = assert_problem(response, 401).await;
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("invalid token"),
-            "{case}: {problem}"
-        );
+        assert_invalid_token(response, case).await;
     }
-    for (case, claims) in accepted {
-        let response = inbox_with(&app, &token_with(claims)).await;
-        assert_eq!(response.status(), 200, "{case}");
-    }
+    assert_accepted(&app, accepted).await;
 }
 
 #[tokio::test]
@@ -93,19 +103,9 @@ async fn a_token_issued_in_the_future_beyond_the_leeway_is_a_401() {
 
     for (case, claims) in refused {
         let response = inbox_with(&app, &token_with(claims)).await;
-        let problem = assert_problem(response, 401).await;
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("invalid token"),
-            "{case}: {problem}"
-        );
+        assert_invalid_token(response, case).await;
     }
-    for (case, claims) in accepted {
-        let response = inbox_with(&app, &token_with(claims)).await;
-        assert_eq!(response.status(), 200, "{case}");
-    }
+    assert_accepted(&app, accepted).await;
 }
 
 #[tokio::test]

@@ -98,6 +98,20 @@ impl Binary {
         }
     }
 
+    /// Opens `recipient`'s stream from the start of its log, with a token
+    /// signed by the test secret this binary was started with.
+    pub async fn stream(&self, recipient: &str) -> reqwest::Response {
+        let token = tidings::http::auth::Keys::new(SECRET.as_bytes())
+            .issue(recipient, &[], Duration::from_secs(600))
+            .expect("token");
+        reqwest::Client::new()
+            .get(format!("{}/v1/stream", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("stream")
+    }
+
     pub async fn wait_until_ready(&self) -> Result<()> {
         let client = reqwest::Client::new();
         for _ in 0..400 {
